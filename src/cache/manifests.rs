@@ -1,0 +1,361 @@
+//! Manifests: bytes are sacred.
+//!
+//! A manifest is stored and served exactly as the upstream sent it, under the sha256 of those
+//! bytes. Tags are pointers to digests, trusted for the tag TTL, then revalidated with one
+//! upstream HEAD; when the upstream fails, the last known answer is served with a `Warning`.
+
+use bytes::Bytes;
+
+use super::{Marker, Registry, TagPointer, Target};
+use crate::error::{Code, Error, Wanted};
+use crate::oci::media::{self, ClientAccept};
+use crate::oci::{Digest, Reference, Tag};
+use crate::store::keys;
+use crate::upstream::UpstreamError;
+
+/// A manifest ready to send.
+#[derive(Clone, Debug)]
+pub struct ManifestAnswer {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+    /// Set when served from cache because the upstream could not be asked.
+    pub warning: Option<String>,
+}
+
+impl Registry {
+    pub async fn manifest(
+        &self,
+        target: &Target,
+        reference: &Reference,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(target, d, accept).await,
+            Reference::Tag(t) if accept.wants_schema1_only() => {
+                self.schema1_passthrough(target, t, accept).await
+            }
+            Reference::Tag(t) => {
+                let answer = self.manifest_by_tag(target, t, accept).await?;
+                self.negotiate(target, answer, accept).await
+            }
+        }
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        let key = keys::tag(target.alias(), &target.repo, tag);
+        let pointer = match self.tags.get(key.as_str()) {
+            Some(p) => Some(p),
+            None => self.read_json::<TagPointer>(&key).await?,
+        };
+        let Some(pointer) = pointer else {
+            return self.fetch_tag(target, tag, accept).await;
+        };
+        let Ok(digest) = Digest::parse(&pointer.digest) else {
+            return self.fetch_tag(target, tag, accept).await;
+        };
+        let age = self.clock.now_ms().saturating_sub(pointer.checked_at);
+        if u128::from(age) < self.tag_ttl(target).as_millis() {
+            self.tags.insert(key.as_str(), pointer.clone());
+            return match self.cached_manifest(target, &digest).await? {
+                Some(a) => Ok(a),
+                None => self.fetch_tag(target, tag, accept).await,
+            };
+        }
+        // Stale: one HEAD decides whether the cached digest is still current.
+        let head = target
+            .upstream
+            .head_manifest(&target.repo, tag.as_str(), &accept.upstream_header())
+            .await;
+        match head {
+            Ok(info) if info.digest.as_ref() == Some(&digest) => {
+                let Some(answer) = self.cached_manifest(target, &digest).await? else {
+                    return self.fetch_tag(target, tag, accept).await;
+                };
+                let refreshed = TagPointer {
+                    checked_at: self.clock.now_ms(),
+                    ..pointer
+                };
+                self.write_json(&key, &refreshed).await?;
+                self.tags.insert(key.as_str(), refreshed);
+                Ok(answer)
+            }
+            Ok(_) => match self.fetch_tag(target, tag, accept).await {
+                Ok(a) => Ok(a),
+                Err(e) if e.status.is_server_error() || e.code == Code::TooManyRequests => {
+                    self.stale(target, &digest, e).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(e @ UpstreamError::NotFound { .. }) => {
+                Err(Error::from_upstream(e, Wanted::Manifest))
+            }
+            Err(e) => {
+                self.stale(target, &digest, Error::from_upstream(e, Wanted::Manifest))
+                    .await
+            }
+        }
+    }
+
+    /// The cached manifest with a `Warning`, or the upstream's error when nothing is cached.
+    async fn stale(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        upstream_err: Error,
+    ) -> Result<ManifestAnswer, Error> {
+        match self.cached_manifest(target, digest).await? {
+            Some(mut a) => {
+                tracing::warn!(repo = %target.scoped_name(), error = %upstream_err.message, "serving stale tag");
+                a.warning = Some(format!("299 - \"stale: {} unreachable\"", target.alias()));
+                Ok(a)
+            }
+            None => Err(upstream_err),
+        }
+    }
+
+    /// Fetches a tag upstream (one fetch shared by concurrent callers), stores the manifest and
+    /// moves the tag pointer.
+    async fn fetch_tag(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        let flight_key = format!("{}:{tag}", target.scoped_name());
+        let this = self.handle();
+        let target = target.clone();
+        let tag = tag.clone();
+        let upstream_accept = accept.upstream_header();
+        self.manifest_flights
+            .run(flight_key, async move {
+                let answer = this
+                    .fetch_and_store(&target, tag.as_str(), &upstream_accept, None)
+                    .await?;
+                if !media::is_schema1(&answer.media_type) {
+                    let pointer = TagPointer {
+                        digest: answer.digest.to_string(),
+                        media_type: answer.media_type.clone(),
+                        size: answer.bytes.len() as u64,
+                        checked_at: this.clock.now_ms(),
+                    };
+                    let key = keys::tag(target.alias(), &target.repo, &tag);
+                    this.write_json(&key, &pointer).await?;
+                    this.tags.insert(key.as_str(), pointer);
+                }
+                Ok(answer)
+            })
+            .await
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        if let Some(a) = self.cached_manifest(target, digest).await? {
+            return Ok(a);
+        }
+        let flight_key = format!("{}@{digest}", target.scoped_name());
+        let this = self.handle();
+        let target = target.clone();
+        let digest = digest.clone();
+        let upstream_accept = if accept.wants_schema1_only() {
+            accept.forwarded_header()
+        } else {
+            accept.upstream_header()
+        };
+        self.manifest_flights
+            .run(flight_key, async move {
+                this.fetch_and_store(
+                    &target,
+                    &digest.to_string(),
+                    &upstream_accept,
+                    Some(&digest),
+                )
+                .await
+            })
+            .await
+    }
+
+    /// A manifest this repository is known to hold: from memory, or from the store (marker and
+    /// object read concurrently). Bytes found without a marker are confirmed with an upstream
+    /// HEAD first, so one repository's content is never served under another's name unasked.
+    async fn cached_manifest(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<Option<ManifestAnswer>, Error> {
+        let scoped = target.scoped_name();
+        if let Some((bytes, media_type)) = self.manifests.get(&scoped, digest) {
+            return Ok(Some(ManifestAnswer {
+                bytes,
+                media_type,
+                digest: digest.clone(),
+                warning: None,
+            }));
+        }
+        let blob_key = keys::blob(digest);
+        let (marker, bytes) =
+            tokio::join!(self.read_marker(target, digest), self.store.get(&blob_key));
+        let (Some(marker), Some(bytes)) = (marker?, bytes?) else {
+            return Ok(None);
+        };
+        let media_type = marker
+            .media_type
+            .unwrap_or_else(|| media::manifest_media_type(None, &bytes));
+        self.manifests
+            .insert(&scoped, digest, bytes.clone(), &media_type);
+        Ok(Some(ManifestAnswer {
+            bytes,
+            media_type,
+            digest: digest.clone(),
+            warning: None,
+        }))
+    }
+
+    /// GETs a manifest upstream, verifies it, and stores object then marker (in that order, so a
+    /// marker never names a missing object). `expected` is set for by-digest fetches.
+    async fn fetch_and_store(
+        &self,
+        target: &Target,
+        reference: &str,
+        accept: &str,
+        expected: Option<&Digest>,
+    ) -> Result<ManifestAnswer, Error> {
+        let fetched = target
+            .upstream
+            .get_manifest(
+                &target.repo,
+                reference,
+                accept,
+                self.config.max_manifest_size,
+            )
+            .await
+            .map_err(|e| Error::from_upstream(e, Wanted::Manifest))?;
+        let media_type =
+            media::manifest_media_type(fetched.content_type.as_deref(), &fetched.bytes);
+        let digest = match expected {
+            Some(d) => {
+                let actual = d.of_same_algorithm(&fetched.bytes);
+                if &actual != d {
+                    return Err(mismatch(target, d, &actual));
+                }
+                d.clone()
+            }
+            None => Digest::sha256_of(&fetched.bytes),
+        };
+        // The upstream's own claim must match the bytes too. Signed schema1 is the exception: its
+        // header names the digest of the payload without signatures, not of the bytes sent.
+        if let Some(header) = fetched.digest_header.as_deref().map(str::trim)
+            && !media::is_schema1(&media_type)
+        {
+            let claimed = Digest::parse(header).map_err(|_| {
+                Error::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!(
+                        "{} sent an invalid Docker-Content-Digest; nothing stored",
+                        target.alias()
+                    ),
+                )
+            })?;
+            let actual = claimed.of_same_algorithm(&fetched.bytes);
+            if claimed != actual {
+                return Err(mismatch(target, &claimed, &actual));
+            }
+        }
+        let blob_key = keys::blob(&digest);
+        if self.store.head(&blob_key).await?.is_none() {
+            self.store
+                .put(&blob_key, fetched.bytes.clone(), &media_type)
+                .await?;
+        }
+        let marker = Marker {
+            media_type: Some(media_type.clone()),
+            size: fetched.bytes.len() as u64,
+        };
+        self.write_marker(target, &digest, &marker).await?;
+        self.manifests.insert(
+            &target.scoped_name(),
+            &digest,
+            fetched.bytes.clone(),
+            &media_type,
+        );
+        Ok(ManifestAnswer {
+            bytes: fetched.bytes,
+            media_type,
+            digest,
+            warning: None,
+        })
+    }
+
+    /// A client asking only for schema1: its Accept is forwarded as is and the answer passed
+    /// through, cached by digest only (no tag pointer moves).
+    async fn schema1_passthrough(
+        &self,
+        target: &Target,
+        tag: &Tag,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        self.fetch_and_store(target, tag.as_str(), &accept.forwarded_header(), None)
+            .await
+    }
+
+    /// Answers as the upstream would for this client's `Accept`: the stored document when
+    /// accepted; for a list the client cannot take, its linux/amd64 child if that is acceptable;
+    /// otherwise 404 with the reason. Never re-serialises.
+    async fn negotiate(
+        &self,
+        target: &Target,
+        answer: ManifestAnswer,
+        accept: &ClientAccept,
+    ) -> Result<ManifestAnswer, Error> {
+        if accept.accepts(&answer.media_type) {
+            return Ok(answer);
+        }
+        if media::is_list(&answer.media_type) {
+            if let Some((child, _)) = media::default_platform_child(&answer.bytes, accept) {
+                let mut child = self.manifest_by_digest(target, &child, accept).await?;
+                child.warning = answer.warning;
+                return Ok(child);
+            }
+            let kind = if answer.media_type == media::OCI_INDEX {
+                "an OCI index"
+            } else {
+                "a manifest list"
+            };
+            return Err(Error::not_found(
+                Code::ManifestUnknown,
+                format!(
+                    "{kind} found, but the Accept header does not include {} and no linux/amd64 manifest of an accepted type is listed",
+                    answer.media_type
+                ),
+            ));
+        }
+        Err(Error::not_found(
+            Code::ManifestUnknown,
+            format!(
+                "manifest of type {} found, but the Accept header does not include it",
+                answer.media_type
+            ),
+        ))
+    }
+}
+
+fn mismatch(target: &Target, expected: &Digest, actual: &Digest) -> Error {
+    Error::new(
+        axum::http::StatusCode::BAD_GATEWAY,
+        Code::Unavailable,
+        format!(
+            "{} sent a manifest whose bytes hash to {actual}, not {expected}; nothing stored",
+            target.alias()
+        ),
+    )
+}

@@ -1,0 +1,137 @@
+//! In-process caches: immutable manifests by digest, and tag pointers.
+//!
+//! Both are optional accelerations: the store is the truth, and a stateless Lambda instance
+//! starts with them empty. Both are bounded; eviction is first-in first-out, which is enough for
+//! documents that never change.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use super::TagPointer;
+use crate::oci::Digest;
+
+struct Entry {
+    bytes: Bytes,
+    media_type: String,
+    /// `<upstream>/<repo>` names known to hold this digest (their marker exists in the store).
+    repos: HashSet<String>,
+}
+
+/// Manifests by digest, bounded by total bytes.
+pub struct ManifestMemory {
+    budget: usize,
+    inner: Mutex<ManifestInner>,
+}
+
+#[derive(Default)]
+struct ManifestInner {
+    entries: HashMap<Digest, Entry>,
+    order: VecDeque<Digest>,
+    used: usize,
+}
+
+impl ManifestMemory {
+    pub fn new(budget: usize) -> ManifestMemory {
+        ManifestMemory {
+            budget,
+            inner: Mutex::new(ManifestInner::default()),
+        }
+    }
+
+    /// The manifest, if cached and known to belong to `repo`.
+    pub fn get(&self, repo: &str, digest: &Digest) -> Option<(Bytes, String)> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let e = inner.entries.get(digest)?;
+        e.repos
+            .contains(repo)
+            .then(|| (e.bytes.clone(), e.media_type.clone()))
+    }
+
+    pub fn insert(&self, repo: &str, digest: &Digest, bytes: Bytes, media_type: &str) {
+        if bytes.len() > self.budget / 4 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = inner.entries.get_mut(digest) {
+            e.repos.insert(repo.to_owned());
+            return;
+        }
+        while inner.used + bytes.len() > self.budget {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(e) = inner.entries.remove(&old) {
+                inner.used -= e.bytes.len();
+            }
+        }
+        inner.used += bytes.len();
+        inner.order.push_back(digest.clone());
+        inner.entries.insert(
+            digest.clone(),
+            Entry {
+                bytes,
+                media_type: media_type.to_owned(),
+                repos: HashSet::from([repo.to_owned()]),
+            },
+        );
+    }
+}
+
+/// Tag pointers by store key, bounded by count (cleared when full: they are cheap to re-read).
+#[derive(Default)]
+pub struct TagMemory {
+    inner: Mutex<HashMap<String, TagPointer>>,
+}
+
+const MAX_TAGS: usize = 100_000;
+
+impl TagMemory {
+    pub fn get(&self, key: &str) -> Option<TagPointer> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.get(key).cloned()
+    }
+
+    pub fn insert(&self, key: &str, pointer: TagPointer) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.len() >= MAX_TAGS {
+            inner.clear();
+        }
+        inner.insert(key.to_owned(), pointer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_are_scoped_to_repositories_and_bounded() {
+        let m = ManifestMemory::new(100);
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        m.insert("up/a", &d1, Bytes::from(vec![1; 20]), "t");
+        assert!(m.get("up/a", &d1).is_some());
+        assert!(
+            m.get("up/b", &d1).is_none(),
+            "another repository must not see it"
+        );
+        m.insert("up/b", &d1, Bytes::from(vec![1; 20]), "t");
+        assert!(m.get("up/b", &d1).is_some());
+        for i in 0..10u8 {
+            m.insert(
+                "up/a",
+                &Digest::sha256_of(&[i, 9]),
+                Bytes::from(vec![i; 20]),
+                "t",
+            );
+        }
+        assert!(m.get("up/a", &d1).is_none(), "oldest evicted");
+        m.insert("up/a", &d2, Bytes::from(vec![0; 60]), "t");
+        assert!(
+            m.get("up/a", &d2).is_none(),
+            "larger than a quarter of the budget: not kept"
+        );
+    }
+}

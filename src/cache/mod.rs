@@ -1,0 +1,265 @@
+//! The pull-through policy: the only place that decides hit, miss, revalidate or stale.
+//!
+//! Knows nothing of HTTP frameworks or storage SDKs: it is given parsed requests, a [`Store`] and
+//! the configured [`Upstream`]s, and answers with documents, blob locations or an OCI [`Error`].
+//! Routes call it; it never calls routes.
+
+mod blobs;
+mod flight;
+mod manifests;
+mod memory;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub use blobs::BlobAnswer;
+pub use manifests::ManifestAnswer;
+pub use relay::RelayAnswer;
+
+use crate::config::Config;
+use crate::error::{Code, Error};
+use crate::oci::{Digest, RepoName};
+use crate::store::{Key, Store, StoreError};
+use crate::upstream::Upstream;
+use flight::SingleFlight;
+use memory::{ManifestMemory, TagMemory};
+
+/// What a tag resolves to, as last confirmed with the upstream.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TagPointer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// When the upstream last confirmed this digest for the tag, in Unix milliseconds.
+    pub checked_at: u64,
+}
+
+/// The per-repository marker: this repository is known to hold this digest. For manifests it also
+/// records the media type, which the content-addressed object itself does not carry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub size: u64,
+}
+
+/// Wall-clock time, with an offset that tests advance to cross a TTL without waiting.
+#[derive(Default)]
+pub struct Clock {
+    offset_ms: AtomicU64,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        real + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves this clock forward (tests).
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A request's repository, resolved to an upstream.
+#[derive(Clone)]
+pub struct Target {
+    pub upstream: Arc<Upstream>,
+    /// The repository on the upstream (`library/alpine`).
+    pub repo: RepoName,
+    /// The name as the client used it (`alpine`, `docker.io/library/alpine`), for links we send.
+    pub client_name: RepoName,
+}
+
+impl Target {
+    pub fn alias(&self) -> &str {
+        self.upstream.alias()
+    }
+
+    /// `<upstream>/<repo>`: the repository's identity in caches and logs.
+    pub fn scoped_name(&self) -> String {
+        format!("{}/{}", self.alias(), self.repo)
+    }
+}
+
+pub struct Registry {
+    config: Config,
+    store: Arc<dyn Store>,
+    /// Upstreams by alias.
+    upstreams: HashMap<String, Arc<Upstream>>,
+    /// Every name an upstream answers to (alias and other names) mapped to its alias.
+    names: HashMap<String, String>,
+    manifests: ManifestMemory,
+    tags: TagMemory,
+    manifest_flights: SingleFlight<String, ManifestAnswer>,
+    blob_flights: SingleFlight<String, u64>,
+    clock: Arc<Clock>,
+    /// This registry itself, for work handed to a background task (single-flight fills).
+    me: Weak<Registry>,
+}
+
+impl Registry {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<Clock>,
+    ) -> Result<Arc<Registry>, Error> {
+        let mut upstreams = HashMap::new();
+        let mut names = HashMap::new();
+        for u in &config.upstreams {
+            let client = Upstream::new(u.clone(), &config).map_err(|e| {
+                Error::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    Code::Unavailable,
+                    format!("cannot build HTTP client for {}: {e}", u.alias),
+                )
+            })?;
+            upstreams.insert(u.alias.clone(), Arc::new(client));
+            for n in std::iter::once(&u.alias).chain(&u.other_names) {
+                names.insert(n.clone(), u.alias.clone());
+            }
+        }
+        Ok(Arc::new_cyclic(|me| Registry {
+            me: me.clone(),
+            manifests: ManifestMemory::new(config.memory_cache_bytes),
+            config,
+            store,
+            upstreams,
+            names,
+            tags: TagMemory::default(),
+            manifest_flights: SingleFlight::default(),
+            blob_flights: SingleFlight::default(),
+            clock,
+        }))
+    }
+
+    fn handle(&self) -> Arc<Registry> {
+        self.me
+            .upgrade()
+            .expect("a Registry method runs only while the Registry is alive")
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Picks the upstream for a request: `?ns=` first, then a path prefix naming a configured
+    /// upstream, then the default. Applies Docker Hub's `library/` rule.
+    pub fn resolve(&self, name: &RepoName, ns: Option<&str>) -> Result<Target, Error> {
+        let (alias, repo) = if let Some(ns) = ns {
+            let alias = self.names.get(ns).ok_or_else(|| {
+                Error::not_found(
+                    Code::NameUnknown,
+                    format!(
+                        "no upstream named {:?} is configured (from ?ns=)",
+                        truncate(ns)
+                    ),
+                )
+            })?;
+            (alias.clone(), name.clone())
+        } else if let (Some(alias), Some(rest)) = (
+            self.names.get(name.first_component()),
+            name.strip_first_component(),
+        ) {
+            (alias.clone(), rest)
+        } else if name.component_count() > 1 && looks_like_host(name.first_component()) {
+            return Err(Error::not_found(
+                Code::NameUnknown,
+                format!(
+                    "no upstream named {:?} is configured; configured: {}",
+                    name.first_component(),
+                    self.configured_aliases()
+                ),
+            ));
+        } else {
+            (self.config.default_upstream.clone(), name.clone())
+        };
+        let upstream = self.upstreams.get(&alias).cloned().ok_or_else(|| {
+            Error::not_found(
+                Code::NameUnknown,
+                format!("upstream {alias} is not configured"),
+            )
+        })?;
+        let repo = if upstream.config().library_prefix && repo.component_count() == 1 {
+            repo.with_library_prefix()
+        } else {
+            repo
+        };
+        Ok(Target {
+            upstream,
+            repo,
+            client_name: name.clone(),
+        })
+    }
+
+    fn configured_aliases(&self) -> String {
+        let mut a: Vec<&str> = self.upstreams.keys().map(|s| s.as_str()).collect();
+        a.sort();
+        a.join(", ")
+    }
+
+    fn tag_ttl(&self, target: &Target) -> Duration {
+        target
+            .upstream
+            .config()
+            .tag_ttl
+            .unwrap_or(self.config.tag_ttl)
+    }
+
+    async fn read_json<T: for<'de> Deserialize<'de>>(&self, key: &Key) -> Result<Option<T>, Error> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => {
+                    // A damaged pointer is treated as absent and rewritten by the next fill.
+                    tracing::warn!(%key, error = %e, "unreadable store document ignored");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    async fn write_json<T: Serialize>(&self, key: &Key, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.store.put(key, bytes.into(), "application/json").await
+    }
+
+    async fn read_marker(&self, target: &Target, digest: &Digest) -> Result<Option<Marker>, Error> {
+        self.read_json(&crate::store::keys::marker(
+            target.alias(),
+            &target.repo,
+            digest,
+        ))
+        .await
+    }
+
+    async fn write_marker(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        marker: &Marker,
+    ) -> Result<(), Error> {
+        let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
+        Ok(self.write_json(&key, marker).await?)
+    }
+}
+
+fn looks_like_host(component: &str) -> bool {
+    component.contains('.') || component == "localhost"
+}
+
+fn truncate(s: &str) -> String {
+    crate::oci::digest::truncate_for_message(s)
+}

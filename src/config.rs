@@ -1,0 +1,603 @@
+//! One [`Config`], built from defaults, an optional TOML file, environment variables and flags
+//! (later ones win), and validated once at start-up with messages that say what to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::Deserialize;
+
+/// Where the cache keeps its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded filesystem store rooted at this directory.
+    Fs(PathBuf),
+    /// An S3 bucket and an optional key prefix (no leading or trailing slash).
+    S3 { bucket: String, prefix: String },
+}
+
+/// One upstream registry the proxy may fetch from. Upstreams come only from configuration, never
+/// from a request, so the proxy cannot be aimed at an arbitrary host.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// The name clients use: `?ns=<alias>` and `/v2/<alias>/<repo>/...`; also the first component
+    /// of every store key for this upstream.
+    pub alias: String,
+    /// Other names that mean the same upstream (`index.docker.io` for `docker.io`).
+    pub other_names: Vec<String>,
+    pub url: Url,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Docker Hub keeps official images under `library/`: `alpine` means `library/alpine`.
+    pub library_prefix: bool,
+    /// Per-upstream tag freshness; the global `tag_ttl` when unset.
+    pub tag_ttl: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: StoreLocation,
+    /// Alias of the upstream used when neither `?ns=` nor a path prefix names one.
+    pub default_upstream: String,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How long a tag pointer is trusted without asking the upstream.
+    pub tag_ttl: Duration,
+    /// Lifetime of presigned blob URLs (S3 store).
+    pub presign_ttl: Duration,
+    /// Largest manifest accepted from an upstream.
+    pub max_manifest_size: u64,
+    /// Upstream TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request limit for small upstream requests (manifests, tags, tokens, HEADs).
+    pub request_timeout: Duration,
+    /// Longest silence tolerated while streaming a blob body from an upstream.
+    pub read_timeout: Duration,
+    /// Budget of the in-memory cache of immutable manifests by digest.
+    pub memory_cache_bytes: usize,
+}
+
+/// Raw settings as given on the command line or in the environment (clap fills both).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "PULLTHROUGH_LISTEN")]
+    pub listen: Option<String>,
+    /// Store: a directory for the embedded filesystem store, or s3://bucket/prefix.
+    #[arg(long, env = "PULLTHROUGH_STORE")]
+    pub store: Option<String>,
+    /// TOML configuration file (upstreams, credentials, TTLs).
+    #[arg(long, env = "PULLTHROUGH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Upstream used for names without a known prefix: an alias or an https:// URL.
+    #[arg(long, env = "PULLTHROUGH_DEFAULT_UPSTREAM")]
+    pub default_upstream: Option<String>,
+    /// How long a tag is served without asking the upstream, e.g. 60s, 5m.
+    #[arg(long, env = "PULLTHROUGH_TAG_TTL")]
+    pub tag_ttl: Option<String>,
+    /// Lifetime of presigned blob URLs (S3 store), e.g. 15m.
+    #[arg(long, env = "PULLTHROUGH_PRESIGN_TTL")]
+    pub presign_ttl: Option<String>,
+    /// Client authentication: `none` (the only mode of this version).
+    #[arg(long, env = "PULLTHROUGH_AUTH")]
+    pub auth: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    store: Option<String>,
+    default_upstream: Option<String>,
+    tag_ttl: Option<String>,
+    presign_ttl: Option<String>,
+    auth: Option<String>,
+    max_manifest_size: Option<u64>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    read_timeout: Option<String>,
+    memory_cache_bytes: Option<usize>,
+    #[serde(default)]
+    upstream: Vec<FileUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    alias: String,
+    url: String,
+    #[serde(default)]
+    insecure: bool,
+    username: Option<String>,
+    password: Option<String>,
+    secret_arn: Option<String>,
+    tag_ttl: Option<String>,
+    #[serde(default)]
+    other_names: Vec<String>,
+    library_prefix: Option<bool>,
+}
+
+const BUILTIN_UPSTREAMS: [(&str, &str, &[&str]); 7] = [
+    (
+        "docker.io",
+        "https://registry-1.docker.io",
+        &["index.docker.io", "registry-1.docker.io"],
+    ),
+    ("ghcr.io", "https://ghcr.io", &[]),
+    ("quay.io", "https://quay.io", &[]),
+    ("registry.k8s.io", "https://registry.k8s.io", &[]),
+    ("gcr.io", "https://gcr.io", &[]),
+    ("public.ecr.aws", "https://public.ecr.aws", &[]),
+    ("mcr.microsoft.com", "https://mcr.microsoft.com", &[]),
+];
+
+impl Config {
+    /// Builds the configuration: built-in defaults, then the TOML file named by
+    /// `settings.config`, then the settings themselves (environment and flags).
+    pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
+        let file = match &settings.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(format!(
+                        "cannot read config file {} (PULLTHROUGH_CONFIG/--config): {e}",
+                        path.display()
+                    ))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| err(format!("config file {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::build(settings, file)
+    }
+
+    /// Parses a TOML document as the config file would be (used by tests and `load`).
+    pub fn from_toml(settings: &Settings, toml_text: &str) -> Result<Config, ConfigError> {
+        let file = toml::from_str::<FileConfig>(toml_text).map_err(|e| err(e.to_string()))?;
+        Config::build(settings, file)
+    }
+
+    fn build(s: &Settings, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen_text = s
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:5000".into());
+        let listen = listen_text.parse().map_err(|_| {
+            err(format!(
+                "PULLTHROUGH_LISTEN/--listen: {listen_text:?} is not a socket address; use e.g. 127.0.0.1:5000 or 0.0.0.0:5000"
+            ))
+        })?;
+
+        let store_text = s
+            .store
+            .clone()
+            .or(file.store)
+            .unwrap_or_else(|| "./pullthrough-data".into());
+        let store = parse_store(&store_text)?;
+
+        let dur =
+            |name: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(t) => parse_duration(&t).map_err(|e| err(format!("{name}: {e}"))),
+                }
+            };
+        let tag_ttl = dur(
+            "PULLTHROUGH_TAG_TTL/tag_ttl",
+            s.tag_ttl.clone().or(file.tag_ttl),
+            Duration::from_secs(60),
+        )?;
+        let presign_ttl = dur(
+            "PULLTHROUGH_PRESIGN_TTL/presign_ttl",
+            s.presign_ttl.clone().or(file.presign_ttl),
+            Duration::from_secs(15 * 60),
+        )?;
+        if presign_ttl < Duration::from_secs(1) || presign_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(err(
+                "PULLTHROUGH_PRESIGN_TTL: must be between 1s and 7 days (the SigV4 presigning limit)",
+            ));
+        }
+        let connect_timeout = dur(
+            "connect_timeout",
+            file.connect_timeout,
+            Duration::from_secs(5),
+        )?;
+        let request_timeout = dur(
+            "request_timeout",
+            file.request_timeout,
+            Duration::from_secs(30),
+        )?;
+        let read_timeout = dur("read_timeout", file.read_timeout, Duration::from_secs(30))?;
+        for (name, d) in [
+            ("connect_timeout", connect_timeout),
+            ("request_timeout", request_timeout),
+            ("read_timeout", read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(err(format!("{name}: must be greater than zero")));
+            }
+        }
+
+        let auth = s
+            .auth
+            .clone()
+            .or(file.auth)
+            .unwrap_or_else(|| "none".into());
+        if auth != "none" {
+            return Err(err(format!(
+                "PULLTHROUGH_AUTH: {auth:?} is not supported by this version; use \"none\""
+            )));
+        }
+
+        let mut upstreams: Vec<UpstreamConfig> = BUILTIN_UPSTREAMS
+            .iter()
+            .map(|(alias, url, others)| UpstreamConfig {
+                alias: (*alias).into(),
+                other_names: others.iter().map(|o| (*o).into()).collect(),
+                url: Url::parse(url).expect("built-in upstream URLs are valid"),
+                username: None,
+                password: None,
+                library_prefix: *alias == "docker.io",
+                tag_ttl: None,
+            })
+            .collect();
+        for u in file.upstream {
+            let parsed = upstream_from_file(u)?;
+            upstreams.retain(|existing| existing.alias != parsed.alias);
+            upstreams.push(parsed);
+        }
+
+        let default_text = s
+            .default_upstream
+            .clone()
+            .or(file.default_upstream)
+            .unwrap_or_else(|| "docker.io".into());
+        let default_upstream = if default_text.contains("://") {
+            let url = parse_upstream_url(&default_text, false, "PULLTHROUGH_DEFAULT_UPSTREAM")?;
+            let alias = host_port(&url);
+            upstreams.retain(|u| u.alias != alias);
+            upstreams.push(UpstreamConfig {
+                alias: alias.clone(),
+                other_names: vec![],
+                url,
+                username: None,
+                password: None,
+                library_prefix: false,
+                tag_ttl: None,
+            });
+            alias
+        } else {
+            let found = upstreams
+                .iter()
+                .find(|u| u.alias == default_text || u.other_names.contains(&default_text));
+            match found {
+                Some(u) => u.alias.clone(),
+                None => {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.alias.as_str()).collect();
+                    return Err(err(format!(
+                        "PULLTHROUGH_DEFAULT_UPSTREAM: {default_text:?} is neither a configured alias ({}) nor an https:// URL",
+                        known.join(", ")
+                    )));
+                }
+            }
+        };
+
+        let mut names = std::collections::HashSet::new();
+        for u in &upstreams {
+            for n in std::iter::once(&u.alias).chain(&u.other_names) {
+                if !names.insert(n.clone()) {
+                    return Err(err(format!(
+                        "upstream name {n:?} is used by more than one [[upstream]] entry"
+                    )));
+                }
+            }
+        }
+
+        let max_manifest_size = file.max_manifest_size.unwrap_or(4 * 1024 * 1024);
+        if !(1024..=64 * 1024 * 1024).contains(&max_manifest_size) {
+            return Err(err(
+                "max_manifest_size: must be between 1 KiB and 64 MiB (default 4 MiB)",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            store,
+            default_upstream,
+            upstreams,
+            tag_ttl,
+            presign_ttl,
+            max_manifest_size,
+            connect_timeout,
+            request_timeout,
+            read_timeout,
+            memory_cache_bytes: file.memory_cache_bytes.unwrap_or(64 * 1024 * 1024),
+        })
+    }
+
+    pub fn upstream(&self, alias: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.alias == alias)
+    }
+}
+
+fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let what = format!("[[upstream]] {:?}", u.alias);
+    if !u.alias.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !u
+            .alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b))
+    {
+        return Err(err(format!(
+            "{what}: alias must be a lower-case host-like name such as ghcr.io or local"
+        )));
+    }
+    let url = parse_upstream_url(&u.url, u.insecure, &what)?;
+    if u.secret_arn.is_some() {
+        return Err(err(format!(
+            "{what}: secret_arn is only read in Lambda mode, which this version does not include; use username/password"
+        )));
+    }
+    if u.username.is_some() != u.password.is_some() {
+        return Err(err(format!(
+            "{what}: give both username and password, or neither"
+        )));
+    }
+    let tag_ttl = match u.tag_ttl {
+        Some(t) => Some(parse_duration(&t).map_err(|e| err(format!("{what} tag_ttl: {e}")))?),
+        None => None,
+    };
+    Ok(UpstreamConfig {
+        library_prefix: u.library_prefix.unwrap_or(u.alias == "docker.io"),
+        alias: u.alias,
+        other_names: u.other_names,
+        url,
+        username: u.username,
+        password: u.password,
+        tag_ttl,
+    })
+}
+
+fn parse_upstream_url(text: &str, insecure: bool, what: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| err(format!("{what}: url {text:?}: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err(err(format!(
+                "{what}: {text} is plain http; set insecure = true in its [[upstream]] entry if that is intended"
+            )));
+        }
+        other => return Err(err(format!("{what}: unsupported scheme {other:?}"))),
+    }
+    if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+        return Err(err(format!(
+            "{what}: url {text:?} must be scheme://host[:port][/path]"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(err(format!(
+            "{what}: put credentials in username/password, not in the URL"
+        )));
+    }
+    Ok(url)
+}
+
+fn host_port(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
+fn parse_store(text: &str) -> Result<StoreLocation, ConfigError> {
+    if let Some(rest) = text.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_bucket {
+            return Err(err(format!(
+                "PULLTHROUGH_STORE: {bucket:?} is not a valid S3 bucket name"
+            )));
+        }
+        let prefix = prefix.trim_matches('/').to_owned();
+        if prefix.split('/').any(|c| c == ".." || c == ".") {
+            return Err(err(
+                "PULLTHROUGH_STORE: the S3 prefix may not contain . or ..",
+            ));
+        }
+        return Ok(StoreLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix,
+        });
+    }
+    if text.contains("://") {
+        return Err(err(format!(
+            "PULLTHROUGH_STORE: {text:?}: use a directory path or s3://bucket/prefix"
+        )));
+    }
+    if text.is_empty() {
+        return Err(err("PULLTHROUGH_STORE: empty path"));
+    }
+    Ok(StoreLocation::Fs(PathBuf::from(text)))
+}
+
+/// Parses `500ms`, `60s`, `15m`, `1h`, `1d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 500ms, 60s, 15m, 1h"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err(format!("{text:?}: unknown unit; use ms, s, m, h or d")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::load(&Settings::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.store, StoreLocation::Fs("./pullthrough-data".into()));
+        assert_eq!(c.default_upstream, "docker.io");
+        assert_eq!(c.tag_ttl, Duration::from_secs(60));
+        assert_eq!(c.presign_ttl, Duration::from_secs(900));
+        assert_eq!(c.max_manifest_size, 4 * 1024 * 1024);
+        assert!(c.upstream("docker.io").unwrap().library_prefix);
+        assert!(!c.upstream("ghcr.io").unwrap().library_prefix);
+    }
+
+    #[test]
+    fn settings_override_the_file() {
+        let s = Settings {
+            tag_ttl: Some("5m".into()),
+            ..Settings::default()
+        };
+        let c = Config::from_toml(&s, "tag_ttl = \"10s\"\nstore = \"/tmp/x\"").unwrap();
+        assert_eq!(c.tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.store, StoreLocation::Fs("/tmp/x".into()));
+    }
+
+    #[test]
+    fn plain_http_needs_insecure() {
+        let toml = "[[upstream]]\nalias = \"local\"\nurl = \"http://127.0.0.1:5001\"\n";
+        let e = Config::from_toml(&Settings::default(), toml).unwrap_err();
+        assert!(e.to_string().contains("insecure = true"), "{e}");
+        let ok = format!("{toml}insecure = true\n");
+        let c = Config::from_toml(&Settings::default(), &ok).unwrap();
+        assert_eq!(
+            c.upstream("local").unwrap().url.as_str(),
+            "http://127.0.0.1:5001/"
+        );
+    }
+
+    #[test]
+    fn file_entries_override_builtins() {
+        let toml = "[[upstream]]\nalias = \"docker.io\"\nurl = \"https://mirror.example\"\n";
+        let c = Config::from_toml(&Settings::default(), toml).unwrap();
+        let d = c.upstream("docker.io").unwrap();
+        assert_eq!(d.url.as_str(), "https://mirror.example/");
+        assert!(d.library_prefix);
+        assert_eq!(
+            c.upstreams
+                .iter()
+                .filter(|u| u.alias == "docker.io")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn clear_messages_for_bad_values() {
+        let bad = |s: Settings, toml: &str| Config::from_toml(&s, toml).unwrap_err().to_string();
+        assert!(
+            bad(
+                Settings {
+                    tag_ttl: Some("abc".into()),
+                    ..Default::default()
+                },
+                ""
+            )
+            .contains("PULLTHROUGH_TAG_TTL")
+        );
+        assert!(
+            bad(
+                Settings {
+                    listen: Some("nope".into()),
+                    ..Default::default()
+                },
+                ""
+            )
+            .contains("PULLTHROUGH_LISTEN")
+        );
+        assert!(
+            bad(
+                Settings {
+                    store: Some("ftp://x".into()),
+                    ..Default::default()
+                },
+                ""
+            )
+            .contains("PULLTHROUGH_STORE")
+        );
+        assert!(
+            bad(
+                Settings {
+                    default_upstream: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                ""
+            )
+            .contains("PULLTHROUGH_DEFAULT_UPSTREAM")
+        );
+        assert!(bad(Settings::default(), "unknown_key = 1").contains("unknown"));
+        assert!(
+            bad(
+                Settings {
+                    auth: Some("htpasswd".into()),
+                    ..Default::default()
+                },
+                ""
+            )
+            .contains("PULLTHROUGH_AUTH")
+        );
+    }
+
+    #[test]
+    fn default_upstream_may_be_a_url() {
+        let s = Settings {
+            default_upstream: Some("https://registry.example:8443".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.default_upstream, "registry.example:8443");
+        assert!(c.upstream("registry.example:8443").is_some());
+    }
+
+    #[test]
+    fn s3_locations() {
+        assert_eq!(
+            parse_store("s3://my-bucket/cache/x/").unwrap(),
+            StoreLocation::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "cache/x".into()
+            }
+        );
+        assert!(parse_store("s3://B").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! The OCI error envelope, and the one conversion of every lower-layer error into it.
+//!
+//! Every error a client sees is `{"errors":[{"code":"…","message":"…"}]}` with
+//! `Content-Type: application/json`, whatever went wrong and wherever: never an HTML page, also
+//! when the upstream sent one. Errors are logged here, once, where they become responses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::oci::FillError;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// Error codes of the distribution spec, plus `UNAVAILABLE` (as CNCF distribution uses it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    Denied,
+    Unsupported,
+    TooManyRequests,
+    Unavailable,
+    RangeInvalid,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::Denied => "DENIED",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::RangeInvalid => "RANGE_INVALID",
+        }
+    }
+}
+
+/// An error on its way to the client.
+#[derive(Clone, Debug)]
+pub struct Error {
+    pub status: StatusCode,
+    pub code: Code,
+    pub message: String,
+    /// Seconds for a `Retry-After` header (429 and 503).
+    pub retry_after: Option<u64>,
+    /// For 416: the object's size, sent as `Content-Range: bytes */<size>`.
+    pub total_size: Option<u64>,
+}
+
+/// What was being looked for, so an upstream 404 becomes the right `*_UNKNOWN` code.
+#[derive(Clone, Copy, Debug)]
+pub enum Wanted {
+    Manifest,
+    Blob,
+    Repository,
+}
+
+impl Error {
+    pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> Error {
+        Error {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+            total_size: None,
+        }
+    }
+
+    pub fn bad_request(code: Code, message: impl Into<String>) -> Error {
+        Error::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: Code, message: impl Into<String>) -> Error {
+        Error::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// Maps an upstream failure, given what was asked for.
+    pub fn from_upstream(e: UpstreamError, wanted: Wanted) -> Error {
+        let message = e.to_string();
+        match e {
+            UpstreamError::NotFound { code, .. } => {
+                let code = match (code.as_deref(), wanted) {
+                    (Some("NAME_UNKNOWN"), _) | (_, Wanted::Repository) => Code::NameUnknown,
+                    (_, Wanted::Manifest) => Code::ManifestUnknown,
+                    (_, Wanted::Blob) => Code::BlobUnknown,
+                };
+                Error::not_found(code, message)
+            }
+            UpstreamError::Denied { .. } => {
+                Error::new(StatusCode::FORBIDDEN, Code::Denied, message)
+            }
+            UpstreamError::TooManyRequests { retry_after, .. } => {
+                let mut err = Error::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Code::TooManyRequests,
+                    message,
+                );
+                err.retry_after = Some(retry_after.unwrap_or(60));
+                err
+            }
+            UpstreamError::Unreachable { .. } => {
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
+            }
+            UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => {
+                Error::new(StatusCode::BAD_GATEWAY, Code::Unavailable, message)
+            }
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Fill(f) => Error::from(f),
+            StoreError::Io { .. } => Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                format!("cache store unavailable: {e}"),
+            ),
+        }
+    }
+}
+
+impl From<FillError> for Error {
+    /// A fill refused: the upstream sent wrong or short bytes, or was cut off. Nothing was stored.
+    fn from(e: FillError) -> Error {
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            Code::Unavailable,
+            format!("upstream blob rejected, nothing stored: {e}"),
+        )
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                code = self.code.as_str(),
+                "{}",
+                self.message
+            );
+        } else {
+            tracing::debug!(
+                status = self.status.as_u16(),
+                code = self.code.as_str(),
+                "{}",
+                self.message
+            );
+        }
+        let body = serde_json::json!({
+            "errors": [{ "code": self.code.as_str(), "message": self.message }]
+        });
+        let mut resp = (self.status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(s) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(total) = self.total_size
+            && let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}"))
+        {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        resp
+    }
+}

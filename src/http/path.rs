@@ -1,0 +1,122 @@
+//! Request paths parsed into typed requests, from the right (`/v2/<name>/manifests/<ref>`: the
+//! name may itself contain slashes, the endpoint part never does).
+
+use crate::error::{Code, Error};
+use crate::oci::{Digest, Reference, RepoName};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Manifest(RepoName, Reference),
+    Blob(RepoName, Digest),
+    TagsList(RepoName),
+    Referrers(RepoName, Digest),
+    /// `/blobs/uploads/...`: the push API, which this proxy does not offer.
+    Upload,
+}
+
+/// Parses the part of the path after `/v2/`. The raw (still percent-encoded) path is used: no
+/// name, tag or digest may contain `%`, so an encoded `..` or `/` is refused, never decoded.
+pub fn parse(rest: &str) -> Result<Endpoint, Error> {
+    if rest.contains('%') {
+        return Err(Error::bad_request(
+            Code::NameInvalid,
+            "percent-encoded characters are not allowed in repository names, tags or digests",
+        ));
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let name = |upto: usize| -> Result<RepoName, Error> {
+        let joined = segs[..upto].join("/");
+        RepoName::parse(&joined).map_err(|e| Error::bad_request(Code::NameInvalid, e.to_string()))
+    };
+    if n >= 3 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+        return Ok(Endpoint::Upload);
+    }
+    if n >= 2 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
+        return Ok(Endpoint::Upload);
+    }
+    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+        return Ok(Endpoint::TagsList(name(n - 2)?));
+    }
+    if n >= 3 {
+        let last = segs[n - 1];
+        match segs[n - 2] {
+            "manifests" => {
+                let name = name(n - 2)?;
+                let reference = Reference::parse(last).map_err(|e| {
+                    let code = if last.contains(':') {
+                        Code::DigestInvalid
+                    } else {
+                        Code::ManifestInvalid
+                    };
+                    Error::bad_request(code, e.to_string())
+                })?;
+                return Ok(Endpoint::Manifest(name, reference));
+            }
+            "blobs" => return Ok(Endpoint::Blob(name(n - 2)?, digest(last)?)),
+            "referrers" => return Ok(Endpoint::Referrers(name(n - 2)?, digest(last)?)),
+            _ => {}
+        }
+    }
+    Err(Error::not_found(
+        Code::Unsupported,
+        "no such endpoint: expected /v2/<name>/manifests/<reference>, /blobs/<digest>, /tags/list or /referrers/<digest>",
+    ))
+}
+
+fn digest(s: &str) -> Result<Digest, Error> {
+    Digest::parse(s).map_err(|e| Error::bad_request(Code::DigestInvalid, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(rest: &str) -> &'static str {
+        parse(rest).unwrap_err().code.as_str()
+    }
+
+    #[test]
+    fn parses_endpoints_from_the_right() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(
+            parse("library/alpine/manifests/3.20"),
+            Ok(Endpoint::Manifest(n, Reference::Tag(_))) if n.as_str() == "library/alpine"
+        ));
+        assert!(matches!(
+            parse(&format!("ghcr.io/a/b/manifests/{d}")),
+            Ok(Endpoint::Manifest(n, Reference::Digest(_))) if n.as_str() == "ghcr.io/a/b"
+        ));
+        assert!(matches!(
+            parse(&format!("a/blobs/{d}")),
+            Ok(Endpoint::Blob(..))
+        ));
+        assert!(matches!(parse("a/b/tags/list"), Ok(Endpoint::TagsList(n)) if n.as_str() == "a/b"));
+        assert!(matches!(
+            parse(&format!("a/referrers/{d}")),
+            Ok(Endpoint::Referrers(..))
+        ));
+        assert!(matches!(parse("a/blobs/uploads/"), Ok(Endpoint::Upload)));
+        assert!(matches!(parse("a/blobs/uploads/abc"), Ok(Endpoint::Upload)));
+        // A repository may be named like an endpoint word.
+        assert!(matches!(
+            parse("manifests/manifests/latest"),
+            Ok(Endpoint::Manifest(n, _)) if n.as_str() == "manifests"
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_right_code() {
+        assert_eq!(code("../etc/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("%2e%2e/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("a/manifests/%2e%2e"), "NAME_INVALID");
+        assert_eq!(code("/abs/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("Upper/manifests/latest"), "NAME_INVALID");
+        assert_eq!(code("a/manifests/.."), "MANIFEST_INVALID");
+        assert_eq!(code("a/manifests/sha256:abc"), "DIGEST_INVALID");
+        assert_eq!(code("a/blobs/latest"), "DIGEST_INVALID");
+        assert_eq!(code("a/referrers/sha256:zz"), "DIGEST_INVALID");
+        assert_eq!(code("a/unknown/x"), "UNSUPPORTED");
+        assert_eq!(code("a"), "UNSUPPORTED");
+    }
+}

@@ -1,0 +1,64 @@
+//! pullthrough: a pull-through cache for OCI container images.
+//!
+//! Map of the crate, from the edge inwards:
+//! - [`http`]: the axum router; parses paths into typed requests, builds responses.
+//! - [`error`]: the OCI JSON error envelope; every lower-layer error is converted there, once.
+//! - [`cache`]: the pull-through policy (tag freshness, stale-if-error, negotiation,
+//!   verification, single-flight); the only place that decides hit, miss or revalidate.
+//! - [`upstream`]: the registry client (token auth, redirects, timeouts), one per upstream.
+//! - [`store`]: the store trait, the key scheme, and the filesystem store.
+//! - [`oci`]: digests, names, references, media types and `Accept` parsing.
+//! - [`config`]: one validated configuration from flags, environment and a TOML file.
+//!
+//! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
+//! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod oci;
+pub mod store;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cache::{Clock, Registry};
+use config::{Config, StoreLocation};
+use store::Store;
+use store::fs::FsStore;
+
+/// Opens the store named by the configuration.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match &config.store {
+        StoreLocation::Fs(root) => FsStore::open(root)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("cannot open store directory {}: {e}", root.display())),
+        StoreLocation::S3 { .. } => Err(
+            "the S3 store is not part of this version; use a directory for PULLTHROUGH_STORE"
+                .into(),
+        ),
+    }
+}
+
+/// The application: a registry over `store`, served by one router.
+pub fn app(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+) -> Result<axum::Router, String> {
+    let registry = Registry::new(config, store, clock).map_err(|e| e.message)?;
+    Ok(http::router(registry))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

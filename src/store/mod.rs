@@ -1,0 +1,183 @@
+//! The store: content-addressed blobs and small pointer documents, behind one trait.
+//!
+//! Implementations: [`fs::FsStore`] (the embedded default). Keys come only from [`keys`].
+//! Invariant of every implementation: bytes appear under a key only complete — a streamed write
+//! that ends in an error leaves nothing visible.
+
+pub mod fs;
+pub mod keys;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::oci::FillError;
+pub use keys::Key;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O on {key}: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes being written were refused (digest or length mismatch, source failed).
+    #[error(transparent)]
+    Fill(#[from] FillError),
+}
+
+/// A single byte range `first..=last` within an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// How a client gets a blob's bytes.
+pub enum BlobRead {
+    /// Send the client elsewhere (a presigned URL).
+    Redirect(String),
+    /// Stream the bytes; `range` is set when a range was asked for and satisfiable.
+    Stream {
+        total: u64,
+        range: Option<ByteRange>,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    },
+    /// A range was asked for that lies outside the object.
+    Unsatisfiable { total: u64 },
+}
+
+pub type ByteStream = BoxStream<'static, Result<Bytes, FillError>>;
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads a small object whole (tag pointer, marker, manifest). `None` when absent.
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError>;
+
+    /// Writes a small object atomically, replacing any previous one.
+    async fn put(&self, key: &Key, bytes: Bytes, content_type: &str) -> Result<(), StoreError>;
+
+    /// The size of an object, or `None` when absent.
+    async fn head(&self, key: &Key) -> Result<Option<u64>, StoreError>;
+
+    /// Names of the objects directly under `prefix` (one level, no recursion), unordered.
+    async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError>;
+
+    /// Streams bytes into `key`. The object becomes visible only if the stream ends without an
+    /// error; any `Err` aborts the write and leaves nothing behind. Returns the bytes written.
+    async fn put_stream(
+        &self,
+        key: &Key,
+        len_hint: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, StoreError>;
+
+    /// How a client reads `key`, or `None` when absent.
+    async fn read(
+        &self,
+        key: &Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError>;
+}
+
+/// A client's `Range: bytes=` request, before it is checked against the object size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// `bytes=first-` or `bytes=first-last`
+    From { first: u64, last: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl RangeRequest {
+    /// Parses a single-range `Range` header; anything else (multiple ranges, other units) is
+    /// `None`, and the whole object is served, as RFC 9110 allows.
+    pub fn parse(value: &str) -> Option<RangeRequest> {
+        let spec = value.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let (a, b) = (a.trim(), b.trim());
+        if a.is_empty() {
+            return Some(RangeRequest::Suffix(b.parse().ok()?));
+        }
+        let first = a.parse().ok()?;
+        let last = if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().ok()?)
+        };
+        if last.is_some_and(|l| l < first) {
+            return None;
+        }
+        Some(RangeRequest::From { first, last })
+    }
+
+    /// The satisfiable range within an object of `total` bytes, or `None` when unsatisfiable.
+    pub fn resolve(self, total: u64) -> Option<ByteRange> {
+        match self {
+            RangeRequest::From { first, last } => {
+                if first >= total {
+                    return None;
+                }
+                let last = last.unwrap_or(u64::MAX).min(total - 1);
+                Some(ByteRange { first, last })
+            }
+            RangeRequest::Suffix(n) => {
+                if n == 0 || total == 0 {
+                    return None;
+                }
+                Some(ByteRange {
+                    first: total.saturating_sub(n),
+                    last: total - 1,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_parsing_and_resolution() {
+        let r = |s| RangeRequest::parse(s);
+        assert_eq!(
+            r("bytes=0-9").unwrap().resolve(100),
+            Some(ByteRange { first: 0, last: 9 })
+        );
+        assert_eq!(
+            r("bytes=90-").unwrap().resolve(100),
+            Some(ByteRange {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(
+            r("bytes=90-500").unwrap().resolve(100),
+            Some(ByteRange {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(
+            r("bytes=-10").unwrap().resolve(100),
+            Some(ByteRange {
+                first: 90,
+                last: 99
+            })
+        );
+        assert_eq!(
+            r("bytes=-500").unwrap().resolve(100),
+            Some(ByteRange { first: 0, last: 99 })
+        );
+        assert_eq!(r("bytes=100-").unwrap().resolve(100), None);
+        assert_eq!(r("bytes=-0").unwrap().resolve(100), None);
+        assert!(r("bytes=5-1").is_none());
+        assert!(r("bytes=0-1,5-6").is_none());
+        assert!(r("items=0-1").is_none());
+        assert!(r("bytes=x-1").is_none());
+    }
+}
