@@ -24,6 +24,12 @@ pub fn parse(rest: &str) -> Result<Endpoint, Error> {
         ));
     }
     let segs: Vec<&str> = rest.split('/').collect();
+    if segs.iter().any(|s| *s == "." || *s == "..") {
+        return Err(Error::bad_request(
+            Code::NameInvalid,
+            "dot segments (. and ..) are not allowed in registry paths",
+        ));
+    }
     let n = segs.len();
     let name = |upto: usize| -> Result<RepoName, Error> {
         let joined = segs[..upto].join("/");
@@ -112,7 +118,8 @@ mod tests {
         assert_eq!(code("a/manifests/%2e%2e"), "NAME_INVALID");
         assert_eq!(code("/abs/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("Upper/manifests/latest"), "NAME_INVALID");
-        assert_eq!(code("a/manifests/.."), "MANIFEST_INVALID");
+        assert_eq!(code("a/manifests/.."), "NAME_INVALID");
+        assert_eq!(code("a/manifests/.x"), "MANIFEST_INVALID");
         assert_eq!(code("a/manifests/sha256:abc"), "DIGEST_INVALID");
         assert_eq!(code("a/blobs/latest"), "DIGEST_INVALID");
         assert_eq!(code("a/referrers/sha256:zz"), "DIGEST_INVALID");

@@ -1,0 +1,211 @@
+//! Test harness: the real proxy on 127.0.0.1:0 over a temporary filesystem store, pointed at
+//! in-process fake upstream registries.
+#![allow(dead_code)]
+
+pub mod fake_registry;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pullthrough::cache::Clock;
+use pullthrough::config::{Config, Settings};
+use sha2::{Digest as _, Sha256};
+
+pub use fake_registry::*;
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// What docker 20+ sends when pulling.
+pub const DOCKER_CLIENT_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A running proxy. Dropping it stops the server.
+pub struct Proxy {
+    pub url: String,
+    pub store_dir: tempfile::TempDir,
+    pub clock: Arc<Clock>,
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The config file text for a proxy whose default upstream is `upstream` under alias `local`,
+/// with short timeouts so fault tests finish quickly.
+pub fn local_config(upstream_url: &str) -> String {
+    local_config_with(upstream_url, "")
+}
+
+/// [`local_config`] with extra top-level settings (lines before the `[[upstream]]` tables).
+pub fn local_config_with(upstream_url: &str, extra: &str) -> String {
+    format!(
+        r#"{extra}
+default_upstream = "local"
+tag_ttl = "60s"
+connect_timeout = "2s"
+request_timeout = "2s"
+read_timeout = "2s"
+
+[[upstream]]
+alias = "local"
+url = "{upstream_url}"
+insecure = true
+"#
+    )
+}
+
+impl Proxy {
+    /// A proxy in front of one fake upstream (alias `local`, also the default upstream).
+    pub async fn start(upstream: &FakeRegistry) -> Proxy {
+        Proxy::with_config(&local_config(&upstream.url())).await
+    }
+
+    pub async fn with_config(toml: &str) -> Proxy {
+        let store_dir = tempfile::tempdir().expect("temp dir");
+        let settings = Settings {
+            store: Some(store_dir.path().to_string_lossy().into_owned()),
+            ..Settings::default()
+        };
+        let config = Config::from_toml(&settings, toml).expect("test config is valid");
+        let store = pullthrough::open_store(&config).expect("store opens");
+        let clock = Arc::new(Clock::default());
+        let router = pullthrough::app(config, store, Arc::clone(&clock)).expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(pullthrough::serve(listener, router, async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            url,
+            store_dir,
+            clock,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.store_dir.path()
+    }
+
+    pub async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path, accept).await
+    }
+
+    pub async fn head(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
+        self.request(reqwest::Method::HEAD, path, accept).await
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        req.send().await.expect("proxy answers")
+    }
+
+    /// Every file under `blobs/`, as (digest from its name, sha256 of its bytes).
+    pub fn stored_blobs(&self) -> Vec<(String, String)> {
+        files_under(&self.root().join("blobs"))
+            .into_iter()
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let alg = p
+                    .parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                (format!("{alg}:{name}"), sha256(&std::fs::read(&p).unwrap()))
+            })
+            .collect()
+    }
+
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let (alg, hex) = digest.split_once(':').unwrap();
+        self.root().join("blobs").join(alg).join(hex).exists()
+    }
+
+    /// Files in the store other than the temporary area.
+    pub fn all_files(&self) -> Vec<PathBuf> {
+        files_under(self.root())
+            .into_iter()
+            .filter(|p| !p.starts_with(self.root().join(".tmp")))
+            .collect()
+    }
+
+    pub fn tmp_files(&self) -> Vec<PathBuf> {
+        files_under(&self.root().join(".tmp"))
+    }
+
+    /// Asserts every stored blob holds exactly the bytes its name says.
+    pub fn assert_store_consistent(&self) {
+        for (name, actual) in self.stored_blobs() {
+            if name.starts_with("sha256:") {
+                assert_eq!(name, actual, "a stored blob's bytes do not match its name");
+            }
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+}
+
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts an OCI JSON error with the given status and code, returning its message.
+pub async fn expect_oci_error(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    assert_eq!(header(&resp, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(&resp, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let body: serde_json::Value = resp.json().await.expect("error body is JSON");
+    let first = &body["errors"][0];
+    assert_eq!(first["code"], code, "body: {body}");
+    first["message"].as_str().unwrap_or_default().to_owned()
+}

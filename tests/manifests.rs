@@ -1,0 +1,646 @@
+//! Manifests through the proxy: bytes are sacred, tags are pointers with a TTL, errors are OCI JSON.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+async fn body_of(resp: reqwest::Response) -> Bytes {
+    resp.bytes().await.expect("body")
+}
+
+/// Asserts a manifest answer: status 200, exact bytes, media type and digest.
+async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "content-type"),
+        Some(expected.media_type.as_str())
+    );
+    assert_eq!(
+        header(&resp, "docker-content-digest"),
+        Some(expected.digest.as_str())
+    );
+    assert_eq!(
+        header(&resp, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let body = body_of(resp).await;
+    assert_eq!(body, expected.bytes, "bytes differ from the upstream's");
+    assert_eq!(
+        sha256(&body),
+        expected.digest,
+        "digest is not sha256 of the body"
+    );
+}
+
+#[tokio::test]
+async fn oci_index_pulls_through_a_hub_like_upstream() {
+    // Known failure 1: a proxy whose upstream Accept lacks the OCI index type gets a 404 from
+    // Docker Hub and hands the client an HTML page.
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "grafana/mimir", "latest", 1);
+    let proxy = Proxy::start(&up).await;
+
+    let resp = proxy
+        .get(
+            "/v2/grafana/mimir/manifests/latest",
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(resp, &img.index).await;
+
+    let manifest_gets: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/manifests/"))
+        .collect();
+    assert!(!manifest_gets.is_empty());
+    for r in manifest_gets {
+        let accept = r.accept.unwrap_or_default();
+        for t in [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST] {
+            assert!(
+                accept.contains(t),
+                "upstream {} lacked {t}: {accept}",
+                r.method
+            );
+        }
+        assert!(
+            !accept.contains("v1+prettyjws"),
+            "schema1 must never be requested"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pull_by_tag_then_by_index_digest_and_child_digest() {
+    // Known failure 2: the digest the client asks for must be the digest of what was stored.
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "library/alpine", "3.20", 2);
+    let proxy = Proxy::start(&up).await;
+
+    let by_tag = proxy
+        .get(
+            "/v2/library/alpine/manifests/3.20",
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(by_tag, &img.index).await;
+
+    up.clear_requests();
+    let by_index_digest = proxy
+        .get(
+            &format!("/v2/library/alpine/manifests/{}", img.index.digest),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(by_index_digest, &img.index).await;
+    assert!(
+        up.requests().is_empty(),
+        "a cached digest needs no upstream call"
+    );
+
+    for child in [&img.amd64, &img.arm64, &img.attestation] {
+        let resp = proxy
+            .get(
+                &format!("/v2/library/alpine/manifests/{}", child.digest),
+                Some(DOCKER_CLIENT_ACCEPT),
+            )
+            .await;
+        assert_manifest(resp, child).await;
+    }
+    up.clear_requests();
+    let again = proxy
+        .get(
+            &format!("/v2/library/alpine/manifests/{}", img.amd64.digest),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(again, &img.amd64).await;
+    assert!(
+        up.requests().is_empty(),
+        "pull by digest of a cached child needs no upstream call"
+    );
+}
+
+#[tokio::test]
+async fn docker_manifest_list_and_children_keep_their_bytes() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_docker_list(&up, "team/app", "v1", 3);
+    let proxy = Proxy::start(&up).await;
+    assert_manifest(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        &img.index,
+    )
+    .await;
+    for child in [&img.amd64, &img.arm64] {
+        let path = format!("/v2/team/app/manifests/{}", child.digest);
+        assert_manifest(proxy.get(&path, Some(DOCKER_CLIENT_ACCEPT)).await, child).await;
+    }
+}
+
+/// Pulls an image the way a client does: tag, platform manifest, config and layers.
+async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
+    let idx = proxy
+        .get(
+            &format!("/v2/{repo}/manifests/{tag}"),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(idx, &img.index).await;
+    let m = proxy
+        .get(
+            &format!("/v2/{repo}/manifests/{}", img.amd64.digest),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(m, &img.amd64).await;
+    let parsed: serde_json::Value = serde_json::from_slice(&img.amd64.bytes).unwrap();
+    let mut digests = vec![parsed["config"]["digest"].as_str().unwrap().to_owned()];
+    for l in parsed["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_owned());
+    }
+    for d in digests {
+        let resp = proxy.get(&format!("/v2/{repo}/blobs/{d}"), None).await;
+        assert_eq!(resp.status(), 200, "blob {d}");
+        assert_eq!(sha256(&body_of(resp).await), d);
+    }
+}
+
+#[tokio::test]
+async fn warm_pull_within_the_ttl_makes_zero_upstream_requests() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 4);
+    let proxy = Proxy::start(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    up.clear_requests();
+    proxy.advance(Duration::from_secs(59));
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    assert_eq!(
+        up.requests().len(),
+        0,
+        "warm pull asked the upstream: {:?}",
+        up.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn after_the_ttl_a_warm_pull_makes_exactly_one_upstream_head() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 5);
+    let proxy = Proxy::start(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    up.clear_requests();
+    proxy.advance(Duration::from_secs(61));
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    let reqs = up.requests();
+    assert_eq!(
+        reqs.len(),
+        1,
+        "{:?}",
+        reqs.iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(reqs[0].method, "HEAD");
+    assert_eq!(reqs[0].path, "/v2/team/app/manifests/v1");
+    // The HEAD refreshed the pointer: within the new TTL, nothing again.
+    up.clear_requests();
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_moved_tag_is_followed_after_the_ttl() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let first = push_oci_index(&up, "team/app", "v1", 6);
+    let proxy = Proxy::start(&up).await;
+    assert_manifest(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        &first.index,
+    )
+    .await;
+    let second = push_oci_index(&up, "team/app", "v1", 7);
+    // Within the TTL the old answer stands.
+    assert_manifest(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        &first.index,
+    )
+    .await;
+    proxy.advance(Duration::from_secs(61));
+    up.clear_requests();
+    assert_manifest(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        &second.index,
+    )
+    .await;
+    assert_eq!(up.count("HEAD", "/manifests/v1"), 1);
+    assert_eq!(up.count("GET", "/manifests/v1"), 1);
+    // The old index is still served by digest.
+    let old = proxy
+        .get(
+            &format!("/v2/team/app/manifests/{}", first.index.digest),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_manifest(old, &first.index).await;
+}
+
+#[tokio::test]
+async fn upstream_failure_with_a_cached_tag_serves_it_stale_with_a_warning() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 8);
+    let proxy = Proxy::start(&up).await;
+    assert_manifest(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        &img.index,
+    )
+    .await;
+    proxy.advance(Duration::from_secs(120));
+
+    for fault in [
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::TooManyRequests { retry_after: 30 },
+        Fault::Stall(Duration::from_secs(5)),
+        Fault::Html404,
+    ] {
+        let is_404 = matches!(fault, Fault::Html404);
+        up.clear_faults();
+        up.add_fault(FaultRule::new(fault).path("/manifests/"));
+        let resp = proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await;
+        if is_404 {
+            // The upstream says the tag is gone: not an outage, so no stale answer; and its
+            // HTML page never reaches the client.
+            expect_oci_error(resp, 404, "MANIFEST_UNKNOWN").await;
+            continue;
+        }
+        let warning = header(&resp, "warning").map(str::to_owned);
+        assert_manifest(resp, &img.index).await;
+        let warning = warning.expect("a stale answer carries a Warning header");
+        assert!(
+            warning.starts_with("299 - \"stale: local unreachable"),
+            "{warning}"
+        );
+    }
+
+    // The upstream gone entirely (connection refused): still served.
+    up.clear_faults();
+    up.shutdown();
+    let resp = proxy
+        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+    assert!(header(&resp, "warning").is_some());
+    assert_manifest(resp, &img.index).await;
+}
+
+#[tokio::test]
+async fn nothing_cached_and_upstream_down_gives_503_json_naming_the_upstream() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let proxy = Proxy::start(&up).await;
+    up.shutdown();
+    let msg = expect_oci_error(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(msg.contains("local"), "{msg}");
+}
+
+#[tokio::test]
+async fn upstream_errors_without_a_cache_map_to_oci_errors() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 9);
+    let proxy = Proxy::start(&up).await;
+    let get = || proxy.get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT));
+
+    up.add_fault(FaultRule::new(Fault::Html404).path("/manifests/").times(1));
+    expect_oci_error(get().await, 404, "MANIFEST_UNKNOWN").await;
+
+    up.add_fault(
+        FaultRule::new(Fault::TooManyRequests { retry_after: 42 })
+            .path("/manifests/")
+            .times(1),
+    );
+    let resp = get().await;
+    assert_eq!(header(&resp, "retry-after"), Some("42"));
+    expect_oci_error(resp, 429, "TOOMANYREQUESTS").await;
+
+    up.add_fault(
+        FaultRule::new(Fault::Status(500))
+            .path("/manifests/")
+            .times(1),
+    );
+    let msg = expect_oci_error(get().await, 502, "UNAVAILABLE").await;
+    assert!(msg.contains("local"), "{msg}");
+
+    up.add_fault(
+        FaultRule::new(Fault::Stall(Duration::from_secs(5)))
+            .path("/manifests/")
+            .times(1),
+    );
+    let msg = expect_oci_error(get().await, 503, "UNAVAILABLE").await;
+    assert!(msg.contains("timed out"), "{msg}");
+
+    expect_oci_error(
+        proxy.get("/v2/team/nothing/manifests/v1", None).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    assert!(
+        proxy.all_files().is_empty(),
+        "failures stored something: {:?}",
+        proxy.all_files()
+    );
+    // And the upstream, healthy again, is used.
+    assert_eq!(get().await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_tampered_manifest_gives_502_and_stores_nothing() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 10);
+    let proxy = Proxy::start(&up).await;
+
+    up.add_fault(FaultRule::new(Fault::WrongDigestHeader).path("/manifests/"));
+    expect_oci_error(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+    up.clear_faults();
+
+    up.add_fault(FaultRule::new(Fault::TamperBody).path("/manifests/"));
+    let by_digest = format!("/v2/team/app/manifests/{}", img.amd64.digest);
+    let msg = expect_oci_error(
+        proxy.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(msg.contains("nothing stored"), "{msg}");
+    let by_tag = expect_oci_error(
+        proxy
+            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(by_tag.contains("hash"), "{by_tag}");
+
+    up.clear_faults();
+    up.add_fault(FaultRule::new(Fault::Truncate).path("/manifests/"));
+    expect_oci_error(
+        proxy.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+
+    assert!(
+        proxy.all_files().is_empty(),
+        "stored after a bad answer: {:?}",
+        proxy.all_files()
+    );
+    up.clear_faults();
+    assert_manifest(
+        proxy.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await,
+        &img.amd64,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_manifest_head_carries_length_and_digest() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 11);
+    let proxy = Proxy::start(&up).await;
+    let paths = [
+        "/v2/team/app/manifests/v1".to_owned(),
+        format!("/v2/team/app/manifests/{}", img.index.digest),
+        format!("/v2/team/app/manifests/{}", img.arm64.digest),
+    ];
+    for (cold_or_warm, _) in [("cold", ()), ("warm", ())] {
+        for (p, expected) in paths.iter().zip([&img.index, &img.index, &img.arm64]) {
+            let resp = proxy.head(p, Some(DOCKER_CLIENT_ACCEPT)).await;
+            assert_eq!(resp.status(), 200, "{cold_or_warm} {p}");
+            assert_eq!(
+                header(&resp, "content-length"),
+                Some(expected.bytes.len().to_string().as_str()),
+                "{cold_or_warm} {p}"
+            );
+            assert_eq!(
+                header(&resp, "docker-content-digest"),
+                Some(expected.digest.as_str())
+            );
+            assert_eq!(
+                header(&resp, "content-type"),
+                Some(expected.media_type.as_str())
+            );
+            assert!(body_of(resp).await.is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_the_list_types_gets_what_docker_hub_would_answer() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let list = push_docker_list(&up, "team/dl", "v1", 12);
+    let index = push_oci_index(&up, "team/oci", "v1", 13);
+    let proxy = Proxy::start(&up).await;
+    // Fill both first with a modern client.
+    proxy
+        .get("/v2/team/dl/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+    proxy
+        .get("/v2/team/oci/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+
+    // A schema2-only client asking for a manifest list gets the linux/amd64 child.
+    assert_manifest(
+        proxy
+            .get("/v2/team/dl/manifests/v1", Some(DOCKER_MANIFEST))
+            .await,
+        &list.amd64,
+    )
+    .await;
+    // An OCI-manifest-only client asking for an OCI index gets the linux/amd64 child.
+    assert_manifest(
+        proxy
+            .get("/v2/team/oci/manifests/v1", Some(OCI_MANIFEST))
+            .await,
+        &index.amd64,
+    )
+    .await;
+    // A schema2-only client and an OCI index of OCI manifests: nothing it can take.
+    let msg = expect_oci_error(
+        proxy
+            .get("/v2/team/oci/manifests/v1", Some(DOCKER_MANIFEST))
+            .await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+    assert!(msg.contains("OCI index"), "{msg}");
+    // Accept absent: the stored document as is.
+    assert_manifest(
+        proxy.get("/v2/team/oci/manifests/v1", None).await,
+        &index.index,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_cold_tag_requests_share_one_upstream_get() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 14);
+    let proxy = std::sync::Arc::new(Proxy::start(&up).await);
+    up.add_fault(
+        FaultRule::new(Fault::Stall(Duration::from_millis(300)))
+            .method("GET")
+            .path("/manifests/v1")
+            .times(1),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let p = std::sync::Arc::clone(&proxy);
+        tasks.push(tokio::spawn(async move {
+            p.get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_manifest(t.await.unwrap(), &img.index).await;
+    }
+    assert_eq!(up.count_authorized("GET", "/manifests/v1"), 1);
+}
+
+#[tokio::test]
+async fn manifests_over_the_size_limit_are_refused_and_not_stored() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let big = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","annotations":{{"x":"{}"}}}}"#,
+        "a".repeat(4000)
+    );
+    let digest = up.put_manifest("team/app", OCI_MANIFEST, Bytes::from(big));
+    up.tag("team/app", "big", &digest);
+    let proxy = Proxy::with_config(&local_config_with(&up.url(), "max_manifest_size = 2048")).await;
+    let msg = expect_oci_error(
+        proxy.get("/v2/team/app/manifests/big", None).await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(msg.contains("limit"), "{msg}");
+    assert!(proxy.all_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_schema1_only_client_gets_the_upstream_answer_passed_through() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let bytes = Bytes::from(
+        std::fs::read("tests/fixtures/realworld-manifests/real/ci-v2s1-signed.json").unwrap(),
+    );
+    let schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    let digest = up.put_manifest("team/old", schema1, bytes.clone());
+    up.tag("team/old", "v1", &digest);
+    let proxy = Proxy::start(&up).await;
+    let resp = proxy.get("/v2/team/old/manifests/v1", Some(schema1)).await;
+    assert_manifest(
+        resp,
+        &Pushed {
+            digest: digest.clone(),
+            media_type: schema1.into(),
+            bytes,
+        },
+    )
+    .await;
+    let r = up
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/manifests/"))
+        .unwrap();
+    assert_eq!(
+        r.accept.as_deref(),
+        Some(schema1),
+        "schema1-only Accept is forwarded as is"
+    );
+    assert!(
+        !proxy.root().join("repos/local/team/old/_tags/v1").exists(),
+        "a schema1 answer never moves a tag pointer"
+    );
+}
+
+#[tokio::test]
+async fn real_world_manifests_come_back_byte_for_byte() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let dir = std::path::Path::new("tests/fixtures/realworld-manifests");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let docs = index["docs"].as_array().unwrap();
+    assert!(docs.len() >= 20);
+    let mut expected = Vec::new();
+    for d in docs {
+        let bytes = Bytes::from(std::fs::read(dir.join(d["file"].as_str().unwrap())).unwrap());
+        let media_type = d["mediaType"].as_str().unwrap().to_owned();
+        let digest = up.put_manifest("fixtures/real", &media_type, bytes.clone());
+        assert_eq!(digest, format!("sha256:{}", d["sha256"].as_str().unwrap()));
+        let tag = d["tag"].as_str().unwrap().to_owned();
+        up.tag("fixtures/real", &tag, &digest);
+        expected.push((
+            tag,
+            Pushed {
+                digest,
+                media_type,
+                bytes,
+            },
+        ));
+    }
+    let proxy = Proxy::start(&up).await;
+    for (tag, p) in &expected {
+        let accept = format!("{DOCKER_CLIENT_ACCEPT}, {}", p.media_type);
+        let by_tag = proxy
+            .get(&format!("/v2/fixtures/real/manifests/{tag}"), Some(&accept))
+            .await;
+        assert_manifest(by_tag, p).await;
+        let by_digest = proxy
+            .get(
+                &format!("/v2/fixtures/real/manifests/{}", p.digest),
+                Some(&accept),
+            )
+            .await;
+        assert_manifest(by_digest, p).await;
+        let head = proxy
+            .head(&format!("/v2/fixtures/real/manifests/{tag}"), Some(&accept))
+            .await;
+        assert_eq!(
+            header(&head, "content-length"),
+            Some(p.bytes.len().to_string().as_str())
+        );
+    }
+    proxy.assert_store_consistent();
+}
