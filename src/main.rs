@@ -56,7 +56,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing::info!(%listen, "pullthrough serving");
+    match listener.local_addr() {
+        Ok(addr) => eprintln!("pullthrough: serving on http://{addr}"),
+        Err(e) => eprintln!("pullthrough: serving (address unknown: {e})"),
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -334,3 +334,26 @@ async fn referrers_are_proxied_cached_and_404_passes_through() {
     let other = format!("/v2/team/app/referrers/{}", img.arm64.digest);
     expect_oci_error(proxy.get(&other, None).await, 404, "MANIFEST_UNKNOWN").await;
 }
+
+#[tokio::test]
+async fn the_longest_legal_names_and_tags_work() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let repo = vec!["n".repeat(50); 5].join("/"); // 254 characters
+    let tag = "t".repeat(128);
+    let img = push_oci_index(&up, &repo, &tag, 70);
+    let proxy = Proxy::start(&up).await;
+    let resp = proxy
+        .get(&format!("/v2/{repo}/manifests/{tag}"), Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), img.index.bytes);
+    let blob = &img.amd64.blob_digests()[1];
+    let resp = proxy.get(&format!("/v2/{repo}/blobs/{blob}"), None).await;
+    assert_eq!(sha256(&resp.bytes().await.unwrap()), *blob);
+    let tags = proxy.get(&format!("/v2/{repo}/tags/list"), None).await;
+    assert_eq!(tags.status(), 200);
+    // One character more is refused before anything happens.
+    let too_long = format!("{repo}nn"); // 256 characters
+    let resp = proxy.get(&format!("/v2/{too_long}/manifests/{tag}"), None).await;
+    expect_oci_error(resp, 400, "NAME_INVALID").await;
+}

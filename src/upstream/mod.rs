@@ -301,15 +301,18 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         let url = self.url(path)?;
         let scope = format!("repository:{repo}:pull");
+        let mut auth = self.cached_auth(&scope);
+        let known_realm = self.realm.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if auth.is_none()
+            && let Some((realm, service)) = known_realm
+            && let Ok((token, lifetime)) =
+                self.fetch_token(&realm, service.as_deref(), &scope).await
+        {
+            self.tokens.put(&scope, token.clone(), lifetime);
+            auth = Some(format!("Bearer {token}"));
+        }
         let mut resp = self
-            .send_once(
-                &method,
-                &url,
-                &headers,
-                self.cached_auth(&scope),
-                follow_redirects,
-                timeout,
-            )
+            .send_once(&method, &url, &headers, auth, follow_redirects, timeout)
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
