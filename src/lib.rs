@@ -48,6 +48,7 @@ pub fn app(
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
 ) -> Result<axum::Router, String> {
+    let store = Arc::new(store::counted::Counted::new(store));
     let registry = Registry::new(config, store, clock).map_err(|e| e.message)?;
     Ok(http::router(registry))
 }

@@ -644,3 +644,43 @@ async fn real_world_manifests_come_back_byte_for_byte() {
     }
     proxy.assert_store_consistent();
 }
+
+fn store_calls(resp: &reqwest::Response) -> u32 {
+    header(resp, "x-pullthrough-store-calls").unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn warm_requests_stay_within_their_store_budgets() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 15);
+    let proxy = Proxy::start(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    let tag = "/v2/team/app/manifests/v1";
+    let by_digest = format!("/v2/team/app/manifests/{}", img.amd64.digest);
+    let blob = format!("/v2/team/app/blobs/{}", img.amd64.blob_digests()[0]);
+
+    // Same process: tag pointers and immutable manifests come from memory.
+    let resp = proxy.get(tag, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(store_calls(&resp), 0);
+    let resp = proxy.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(store_calls(&resp), 0);
+
+    // A fresh process over the same store (a restart, another Lambda instance): one read each.
+    let cold = proxy.sibling(&local_config(&up.url())).await;
+    up.clear_requests();
+    let resp = cold.get(tag, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(store_calls(&resp), 1, "warm tag on a cold instance");
+    assert_manifest(resp, &img.index).await;
+    let resp = cold.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(store_calls(&resp), 1, "warm digest on a cold instance");
+    assert_manifest(resp, &img.amd64).await;
+    let resp = cold.get(&by_digest, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(store_calls(&resp), 0, "then from memory");
+    // A blob: the marker, then the file itself (S3 replaces the second with a local presign).
+    let resp = cold.get(&blob, None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(store_calls(&resp), 2);
+    let resp = cold.head(&blob, None).await;
+    assert_eq!(store_calls(&resp), 1);
+    assert!(up.requests().is_empty(), "the cold instance asked the upstream");
+}

@@ -343,7 +343,10 @@ async fn the_longest_legal_names_and_tags_work() {
     let img = push_oci_index(&up, &repo, &tag, 70);
     let proxy = Proxy::start(&up).await;
     let resp = proxy
-        .get(&format!("/v2/{repo}/manifests/{tag}"), Some(DOCKER_CLIENT_ACCEPT))
+        .get(
+            &format!("/v2/{repo}/manifests/{tag}"),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), img.index.bytes);
@@ -354,6 +357,8 @@ async fn the_longest_legal_names_and_tags_work() {
     assert_eq!(tags.status(), 200);
     // One character more is refused before anything happens.
     let too_long = format!("{repo}nn"); // 256 characters
-    let resp = proxy.get(&format!("/v2/{too_long}/manifests/{tag}"), None).await;
+    let resp = proxy
+        .get(&format!("/v2/{too_long}/manifests/{tag}"), None)
+        .await;
     expect_oci_error(resp, 400, "NAME_INVALID").await;
 }

@@ -77,15 +77,7 @@ impl Registry {
             Some(s) => s,
             None => self.store.head(&keys::blob(digest)).await?.unwrap_or(0),
         };
-        self.write_marker(
-            target,
-            digest,
-            &Marker {
-                media_type: None,
-                size,
-            },
-        )
-        .await
+        self.write_marker(target, digest, &Marker::blob(size)).await
     }
 
     /// Copies a blob from the upstream into the store. Concurrent callers for the same
@@ -121,10 +113,7 @@ impl Registry {
                 this.write_marker(
                     &target,
                     &digest,
-                    &Marker {
-                        media_type: None,
-                        size,
-                    },
+                    &Marker::blob(size),
                 )
                 .await?;
                 tracing::info!(repo = %target.scoped_name(), %digest, size, "blob filled");

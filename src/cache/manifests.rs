@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::{Marker, Registry, TagPointer, Target};
+use super::{Marker, Registry, TagPointer, Target, inline_copy, verified_inline};
 use crate::error::{Code, Error, Wanted};
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::{Digest, Reference, Tag};
@@ -61,6 +61,22 @@ impl Registry {
         };
         let age = self.clock.now_ms().saturating_sub(pointer.checked_at);
         if u128::from(age) < self.tag_ttl(target).as_millis() {
+            if let Some(bytes) = verified_inline(pointer.manifest.as_ref(), &digest) {
+                // The pointer is written after the marker, so the repository holds this digest.
+                self.manifests.insert(
+                    &target.scoped_name(),
+                    &digest,
+                    bytes.clone(),
+                    &pointer.media_type,
+                );
+                self.tags.insert(key.as_str(), pointer.clone());
+                return Ok(ManifestAnswer {
+                    bytes,
+                    media_type: pointer.media_type,
+                    digest,
+                    warning: None,
+                });
+            }
             self.tags.insert(key.as_str(), pointer.clone());
             return match self.cached_manifest(target, &digest).await? {
                 Some(a) => Ok(a),
@@ -143,6 +159,7 @@ impl Registry {
                         media_type: answer.media_type.clone(),
                         size: answer.bytes.len() as u64,
                         checked_at: this.clock.now_ms(),
+                        manifest: inline_copy(&answer.bytes),
                     };
                     let key = keys::tag(target.alias(), &target.repo, &tag);
                     this.write_json(&key, &pointer).await?;
@@ -184,9 +201,10 @@ impl Registry {
             .await
     }
 
-    /// A manifest this repository is known to hold: from memory, or from the store (marker and
-    /// object read concurrently). Bytes found without a marker are confirmed with an upstream
-    /// HEAD first, so one repository's content is never served under another's name unasked.
+    /// A manifest this repository is known to hold (its marker exists): from memory, else from
+    /// the marker's inline copy (one store read), else from `blobs/` (two). Bytes held only for
+    /// other repositories are not served here: without a marker the caller fetches by digest, so
+    /// one repository's content is never served under another's name unasked.
     async fn cached_manifest(
         &self,
         target: &Target,
@@ -201,11 +219,15 @@ impl Registry {
                 warning: None,
             }));
         }
-        let blob_key = keys::blob(digest);
-        let (marker, bytes) =
-            tokio::join!(self.read_marker(target, digest), self.store.get(&blob_key));
-        let (Some(marker), Some(bytes)) = (marker?, bytes?) else {
+        let Some(marker) = self.read_marker(target, digest).await? else {
             return Ok(None);
+        };
+        let bytes = match verified_inline(marker.manifest.as_ref(), digest) {
+            Some(b) => b,
+            None => match self.store.get(&keys::blob(digest)).await? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
         };
         let media_type = marker
             .media_type
@@ -280,6 +302,7 @@ impl Registry {
         let marker = Marker {
             media_type: Some(media_type.clone()),
             size: fetched.bytes.len() as u64,
+            manifest: inline_copy(&fetched.bytes),
         };
         self.write_marker(target, &digest, &marker).await?;
         self.manifests.insert(

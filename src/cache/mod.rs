@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
@@ -38,6 +39,29 @@ pub struct TagPointer {
     pub size: u64,
     /// When the upstream last confirmed this digest for the tag, in Unix milliseconds.
     pub checked_at: u64,
+    /// The manifest itself when small (see [`INLINE_LIMIT`]), so a tag costs one store read even
+    /// on an instance with cold memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+}
+
+/// Manifests up to this size are copied into tag pointers and markers. Larger ones are read from
+/// `blobs/` (a second store read).
+pub const INLINE_LIMIT: usize = 64 * 1024;
+
+/// The text to inline for a manifest, if it is small and valid UTF-8 (JSON always is; anything
+/// else is simply not inlined, never altered).
+fn inline_copy(bytes: &[u8]) -> Option<String> {
+    if bytes.len() > INLINE_LIMIT {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+/// An inlined copy, accepted only if it still hashes to its digest.
+fn verified_inline(copy: Option<&String>, digest: &Digest) -> Option<Bytes> {
+    let copy = copy?;
+    (&digest.of_same_algorithm(copy.as_bytes()) == digest).then(|| Bytes::from(copy.clone()))
 }
 
 /// The per-repository marker: this repository is known to hold this digest. For manifests it also
@@ -48,6 +72,19 @@ pub struct Marker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     pub size: u64,
+    /// A small manifest's bytes, as in [`TagPointer::manifest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+}
+
+impl Marker {
+    pub fn blob(size: u64) -> Marker {
+        Marker {
+            media_type: None,
+            size,
+            manifest: None,
+        }
+    }
 }
 
 /// Wall-clock time, with an offset that tests advance to cross a TTL without waiting.

@@ -17,6 +17,7 @@ use axum::routing::any;
 use crate::cache::{Registry, RelayAnswer};
 use crate::error::{Code, Error};
 use crate::oci::{ClientAccept, Digest, Tag};
+use crate::store::counted::counting;
 use crate::store::{BlobRead, RangeRequest};
 use path::Endpoint;
 
@@ -38,21 +39,25 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-/// Adds `Docker-Distribution-API-Version` to every response and logs each request once.
+/// Adds `Docker-Distribution-API-Version` and `X-Pullthrough-Store-Calls` to every response and
+/// logs each request once.
 async fn common_headers(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut resp = next.run(req).await;
+    let (mut resp, store_calls) = counting(next.run(req)).await;
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),
     );
+    resp.headers_mut()
+        .insert("x-pullthrough-store-calls", HeaderValue::from(store_calls));
     tracing::info!(
         %method,
         path = %crate::oci::digest::truncate_for_message(&path),
         status = resp.status().as_u16(),
         ms = started.elapsed().as_millis() as u64,
+        store_calls,
         "request"
     );
     resp

@@ -4,6 +4,7 @@
 //! Invariant of every implementation: bytes appear under a key only complete — a streamed write
 //! that ends in an error leaves nothing visible.
 
+pub mod counted;
 pub mod fs;
 pub mod keys;
 

@@ -28,7 +28,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 /// A running proxy. Dropping it stops the server.
 pub struct Proxy {
     pub url: String,
-    pub store_dir: tempfile::TempDir,
+    pub store_dir: Arc<tempfile::TempDir>,
     pub clock: Arc<Clock>,
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -73,7 +73,15 @@ impl Proxy {
     }
 
     pub async fn with_config(toml: &str) -> Proxy {
-        let store_dir = tempfile::tempdir().expect("temp dir");
+        Proxy::on_store(toml, Arc::new(tempfile::tempdir().expect("temp dir"))).await
+    }
+
+    /// A second proxy process over the same store: what a restart, or another instance, sees.
+    pub async fn sibling(&self, toml: &str) -> Proxy {
+        Proxy::on_store(toml, Arc::clone(&self.store_dir)).await
+    }
+
+    async fn on_store(toml: &str, store_dir: Arc<tempfile::TempDir>) -> Proxy {
         let settings = Settings {
             store: Some(store_dir.path().to_string_lossy().into_owned()),
             ..Settings::default()

@@ -1,0 +1,90 @@
+//! Counts and logs store calls per request.
+//!
+//! [`Counted`] wraps any store; [`counting`] runs a request's future with a task-local counter
+//! that every call made on that task increments. The HTTP edge reports the count in its request
+//! log line and in the `X-Pullthrough-Store-Calls` header, which is how the warm-path budgets
+//! (at most one store request for a warm tag, digest or blob) are checked. Calls made by
+//! background fills run on their own tasks and are logged but not counted to any request.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
+
+tokio::task_local! {
+    static CALLS: Cell<u32>;
+}
+
+/// Runs `f`, returning its output and the number of store calls it made on this task.
+pub async fn counting<F: Future>(f: F) -> (F::Output, u32) {
+    CALLS
+        .scope(Cell::new(0), async {
+            let out = f.await;
+            (out, CALLS.try_with(Cell::get).unwrap_or(0))
+        })
+        .await
+}
+
+fn note(op: &'static str, key: &Key) {
+    let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+    tracing::debug!(op, %key, "store call");
+}
+
+pub struct Counted {
+    inner: Arc<dyn Store>,
+}
+
+impl Counted {
+    pub fn new(inner: Arc<dyn Store>) -> Counted {
+        Counted { inner }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Counted {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        note("get", key);
+        self.inner.get(key).await
+    }
+
+    async fn put(&self, key: &Key, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
+        note("put", key);
+        self.inner.put(key, bytes, content_type).await
+    }
+
+    async fn head(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        note("head", key);
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        note("list", prefix);
+        self.inner.list(prefix).await
+    }
+
+    async fn put_stream(
+        &self,
+        key: &Key,
+        len_hint: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, StoreError> {
+        note("put_stream", key);
+        self.inner.put_stream(key, len_hint, body).await
+    }
+
+    async fn read(
+        &self,
+        key: &Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        let read = self.inner.read(key, range).await?;
+        // A redirect is computed locally (a presigned URL): not a store request.
+        if !matches!(read, Some(BlobRead::Redirect(_))) {
+            note("read", key);
+        }
+        Ok(read)
+    }
+}
