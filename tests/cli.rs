@@ -54,7 +54,8 @@ async fn serve_starts_with_the_filesystem_store_and_answers() {
 
 #[test]
 fn bad_configuration_stops_with_a_message_naming_the_setting() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&["serve", "--tag-ttl", "soon"], &[], "PULLTHROUGH_TAG_TTL"),
         (
             &["serve"],
