@@ -646,7 +646,10 @@ async fn real_world_manifests_come_back_byte_for_byte() {
 }
 
 fn store_calls(resp: &reqwest::Response) -> u32 {
-    header(resp, "x-pullthrough-store-calls").unwrap().parse().unwrap()
+    header(resp, "x-pullthrough-store-calls")
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -682,5 +685,8 @@ async fn warm_requests_stay_within_their_store_budgets() {
     assert_eq!(store_calls(&resp), 2);
     let resp = cold.head(&blob, None).await;
     assert_eq!(store_calls(&resp), 1);
-    assert!(up.requests().is_empty(), "the cold instance asked the upstream");
+    assert!(
+        up.requests().is_empty(),
+        "the cold instance asked the upstream"
+    );
 }

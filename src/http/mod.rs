@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use crate::cache::{Registry, RelayAnswer};
+use crate::cache::{BlobAnswer, Registry, RelayAnswer};
 use crate::error::{Code, Error};
 use crate::oci::{ClientAccept, Digest, Tag};
 use crate::store::counted::counting;
@@ -190,7 +190,20 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
                     .get(header::RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(RangeRequest::parse);
-                blob_response(registry.blob(&target, &digest, range).await?, &digest)?
+                match registry.blob(&target, &digest, range).await? {
+                    BlobAnswer::Stored(read) => blob_response(read, &digest)?,
+                    BlobAnswer::Passthrough { len, body } => {
+                        let mut resp = Response::new(Body::from_stream(body));
+                        let h = resp.headers_mut();
+                        set(h, header::CONTENT_TYPE, "application/octet-stream");
+                        set(h, header::ACCEPT_RANGES, "bytes");
+                        if let Some(len) = len {
+                            set(h, header::CONTENT_LENGTH, &len.to_string());
+                        }
+                        set_digest(h, &digest);
+                        resp
+                    }
+                }
             }
         }
         Endpoint::TagsList(name) => {
