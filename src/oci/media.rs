@@ -58,7 +58,8 @@ impl ClientAccept {
                 }
             }
         }
-        if !saw_header {
+        // No header, or headers that name nothing usable: the document as stored.
+        if !saw_header || accept.types.is_empty() {
             accept.any = true;
         }
         accept
@@ -232,10 +233,13 @@ mod tests {
 
     #[test]
     fn hostile_accept_values_are_dropped() {
-        let a = ClientAccept::parse(["\"x/y\", a/b\\c, nocolon, ".repeat(3).as_str()]);
-        assert!(a.types.is_empty());
+        let a = ClientAccept::parse(["\"x/y\", a/b\\c, nocolon, ".repeat(3).as_str(), "a/b"]);
+        assert_eq!(a.types, vec!["a/b".to_owned()]);
         let long = format!("application/{}", "x".repeat(300));
-        assert!(ClientAccept::parse([long.as_str()]).types.is_empty());
+        let l = ClientAccept::parse([long.as_str(), "a/b"]);
+        assert_eq!(l.types, vec!["a/b".to_owned()]);
+        // Nothing usable at all: treated like no header.
+        assert!(ClientAccept::parse([""]).accepts(OCI_INDEX));
     }
 
     #[test]
