@@ -128,6 +128,15 @@ async fn start_binary(
     config_toml: &str,
     ca_bundle: Option<&Path>,
 ) -> Result<Binary, (Option<i32>, String)> {
+    start_binary_with_env(config_toml, ca_bundle, &[]).await
+}
+
+/// [`start_binary`] with more environment variables.
+async fn start_binary_with_env(
+    config_toml: &str,
+    ca_bundle: Option<&Path>,
+    env: &[(&str, &str)],
+) -> Result<Binary, (Option<i32>, String)> {
     let scratch = tempfile::tempdir().unwrap();
     let config = scratch.path().join("pullthrough.toml");
     std::fs::write(&config, config_toml).unwrap();
@@ -152,6 +161,7 @@ async fn start_binary(
     if let Some(b) = ca_bundle {
         cmd.env("AWS_CA_BUNDLE", b);
     }
+    cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("spawn pullthrough");
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stderr = child.stderr.take().unwrap();
@@ -244,6 +254,44 @@ async fn the_binary_works_with_aws_ca_bundle_set_as_on_these_machines() {
         vec![format!("blobs/{}", d.replace(':', "/"))]
     );
     drop(bin);
+}
+
+#[tokio::test]
+async fn the_binary_takes_the_endpoint_and_region_from_the_aws_environment() {
+    // No [s3] table at all: AWS_ENDPOINT_URL_S3 and AWS_REGION, read by the SDK; an endpoint
+    // override makes addressing path-style (the test server has no virtual-hosted names).
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(43, 10_000);
+    let d = up.put_blob("team/app", data.clone());
+    let server = S3Server::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = machine_bundle(scratch.path());
+    let bin = start_binary_with_env(
+        &local_config(&up.url()),
+        Some(&bundle),
+        &[
+            ("AWS_ENDPOINT_URL_S3", server.endpoint.as_str()),
+            ("AWS_REGION", "eu-west-1"),
+        ],
+    )
+    .await
+    .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
+    let resp = bin
+        .client()
+        .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
+        .send()
+        .await
+        .unwrap();
+    let location = header(&resp, "location").unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{}/{}/blobs/", server.endpoint, server.bucket)),
+        "{location}"
+    );
+    assert!(
+        location.contains("%2Feu-west-1%2Fs3%2Faws4_request"),
+        "{location}"
+    );
+    pull_blob(&bin, &server.plain_client(), &d, &data).await;
 }
 
 #[tokio::test]

@@ -182,7 +182,7 @@ impl S3Store {
         if let Some(e) = &endpoint {
             s3 = s3.endpoint_url(e);
         }
-        tracing::debug!(
+        tracing::info!(
             %bucket,
             %prefix,
             region = ?sdk.region(),
