@@ -56,6 +56,48 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Budget of the in-memory cache of immutable manifests by digest.
     pub memory_cache_bytes: usize,
+    /// How to reach the bucket of an `s3://` store (the `[s3]` table); unused by the filesystem
+    /// store.
+    pub s3: S3Settings,
+}
+
+/// The `[s3]` table. Credentials are never configured here: they come from the standard AWS
+/// chain (environment, shared profile files, web identity, ECS or EC2 instance roles).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Settings {
+    /// Endpoint override (an S3-compatible server). `None` leaves the endpoint to the SDK:
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, the profile's `endpoint_url`, else AWS S3.
+    pub endpoint: Option<Url>,
+    /// `None` means: path-style addressing when any endpoint override is in effect (config or
+    /// environment), as S3-compatible servers usually need; virtual-hosted style on AWS.
+    pub force_path_style: Option<bool>,
+    /// `None` means `AWS_REGION`/`AWS_DEFAULT_REGION`, then the profile, then `us-east-1`. The
+    /// EC2 instance metadata service is never asked, so start-up does no network I/O.
+    pub region: Option<String>,
+    /// Multipart parts uploaded concurrently by one blob fill; with `part_size`, bounds its
+    /// memory to about `part_size × (parts_in_flight + 1)`.
+    pub parts_in_flight: usize,
+    /// Multipart part size in bytes (at least 5 MiB, S3's minimum). Grown for a blob whose length
+    /// is known so that it never needs more than 10,000 parts.
+    pub part_size: u64,
+    /// Attempts per S3 request, first one included (SDK standard retry mode: exponential
+    /// backoff with jitter; throttling such as 503 SlowDown and transient errors are retried).
+    pub max_attempts: u32,
+}
+
+pub const MIB: u64 = 1024 * 1024;
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: None,
+            force_path_style: None,
+            region: None,
+            parts_in_flight: 4,
+            part_size: 8 * MIB,
+            max_attempts: 5,
+        }
+    }
 }
 
 /// Raw settings as given on the command line or in the environment (clap fills both).
@@ -109,6 +151,26 @@ struct FileConfig {
     memory_cache_bytes: Option<usize>,
     #[serde(default)]
     upstream: Vec<FileUpstream>,
+    s3: Option<FileS3>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileS3 {
+    endpoint: Option<String>,
+    force_path_style: Option<bool>,
+    region: Option<String>,
+    parts_in_flight: Option<usize>,
+    part_size: Option<FileSize>,
+    max_attempts: Option<u32>,
+}
+
+/// A size in the config file: a number of bytes, or a string such as `"16MiB"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +386,10 @@ impl Config {
             request_timeout,
             read_timeout,
             memory_cache_bytes: file.memory_cache_bytes.unwrap_or(64 * 1024 * 1024),
+            s3: match file.s3 {
+                Some(f) => s3_from_file(f)?,
+                None => S3Settings::default(),
+            },
         })
     }
 
@@ -368,6 +434,98 @@ fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
         password: u.password,
         tag_ttl,
     })
+}
+
+fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
+    let defaults = S3Settings::default();
+    let endpoint = match f.endpoint {
+        None => None,
+        Some(text) => {
+            let url = Url::parse(&text)
+                .map_err(|e| err(format!("[s3] endpoint {text:?}: {e}; use e.g. https://s3.example.com or http://127.0.0.1:9000")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(err(format!(
+                    "[s3] endpoint {text:?}: use an http:// or https:// URL"
+                )));
+            }
+            if url.host_str().is_none()
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || !matches!(url.path(), "" | "/")
+            {
+                return Err(err(format!(
+                    "[s3] endpoint {text:?}: must be scheme://host[:port], without a path (the bucket comes from PULLTHROUGH_STORE)"
+                )));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(err(
+                    "[s3] endpoint: no credentials in the URL; they come from the AWS credential chain (AWS_ACCESS_KEY_ID, profiles, roles)",
+                ));
+            }
+            Some(url)
+        }
+    };
+    if let Some(r) = &f.region
+        && (r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    {
+        return Err(err(format!(
+            "[s3] region {r:?}: not a region name; use e.g. \"eu-west-1\""
+        )));
+    }
+    let parts_in_flight = f.parts_in_flight.unwrap_or(defaults.parts_in_flight);
+    if !(1..=64).contains(&parts_in_flight) {
+        return Err(err(format!(
+            "[s3] parts_in_flight = {parts_in_flight}: must be between 1 and 64 (default 4)"
+        )));
+    }
+    let part_size = match f.part_size {
+        None => defaults.part_size,
+        Some(FileSize::Bytes(n)) => n,
+        Some(FileSize::Text(t)) => {
+            parse_size(&t).map_err(|e| err(format!("[s3] part_size: {e}")))?
+        }
+    };
+    if !(5 * MIB..=5 * 1024 * MIB).contains(&part_size) {
+        return Err(err(format!(
+            "[s3] part_size = {part_size} bytes: must be between 5 MiB (S3's minimum part size) and 5 GiB (default 8 MiB)"
+        )));
+    }
+    let max_attempts = f.max_attempts.unwrap_or(defaults.max_attempts);
+    if !(1..=20).contains(&max_attempts) {
+        return Err(err(format!(
+            "[s3] max_attempts = {max_attempts}: must be between 1 (no retry) and 20 (default 5)"
+        )));
+    }
+    Ok(S3Settings {
+        endpoint,
+        force_path_style: f.force_path_style,
+        region: f.region,
+        parts_in_flight,
+        part_size,
+        max_attempts,
+    })
+}
+
+/// Parses `1048576`, `512KiB`, `16MiB` or `1GiB` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{text:?} is not a size; use e.g. 8MiB, 16MiB or a number of bytes")
+    })?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => MIB,
+        "GiB" => 1024 * MIB,
+        _ => return Err(format!("{text:?}: unknown unit; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn parse_upstream_url(text: &str, insecure: bool, what: &str) -> Result<Url, ConfigError> {
@@ -590,6 +748,81 @@ mod tests {
             }
         );
         assert!(parse_store("s3://B").is_err());
+    }
+
+    #[test]
+    fn s3_table_defaults() {
+        let c = Config::from_toml(&Settings::default(), "").unwrap();
+        assert_eq!(c.s3, S3Settings::default());
+        assert_eq!(c.s3.part_size, 8 * MIB);
+        assert_eq!(c.s3.parts_in_flight, 4);
+        assert_eq!(c.s3.max_attempts, 5);
+        assert_eq!(c.s3.endpoint, None);
+        assert_eq!(c.s3.force_path_style, None);
+        assert_eq!(c.s3.region, None);
+    }
+
+    #[test]
+    fn s3_table_is_read() {
+        let toml = r#"
+store = "s3://my-bucket/cache"
+[s3]
+endpoint = "http://127.0.0.1:9000"
+force_path_style = false
+region = "eu-west-1"
+parts_in_flight = 2
+part_size = "16MiB"
+max_attempts = 3
+"#;
+        let c = Config::from_toml(&Settings::default(), toml).unwrap();
+        assert_eq!(
+            c.store,
+            StoreLocation::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "cache".into()
+            }
+        );
+        assert_eq!(
+            c.s3,
+            S3Settings {
+                endpoint: Some(Url::parse("http://127.0.0.1:9000").unwrap()),
+                force_path_style: Some(false),
+                region: Some("eu-west-1".into()),
+                parts_in_flight: 2,
+                part_size: 16 * MIB,
+                max_attempts: 3,
+            }
+        );
+        let c = Config::from_toml(&Settings::default(), "[s3]\npart_size = 6291456\n").unwrap();
+        assert_eq!(c.s3.part_size, 6 * MIB);
+    }
+
+    #[test]
+    fn s3_table_mistakes_are_explained() {
+        let bad = |toml: &str| {
+            Config::from_toml(&Settings::default(), &format!("[s3]\n{toml}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("part_size = \"4MiB\"").contains("5 MiB"));
+        assert!(bad("part_size = \"8 parsecs\"").contains("unknown unit"));
+        assert!(bad("parts_in_flight = 0").contains("parts_in_flight"));
+        assert!(bad("max_attempts = 0").contains("max_attempts"));
+        assert!(bad("endpoint = \"ftp://x\"").contains("http:// or https://"));
+        assert!(bad("endpoint = \"http://h:9000/bucket\"").contains("without a path"));
+        assert!(bad("endpoint = \"http://k:s@h:9000\"").contains("credential chain"));
+        assert!(bad("region = \"EU West\"").contains("region"));
+        assert!(bad("bucket = \"x\"").contains("unknown field"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 * MIB);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("1GiB").unwrap(), 1024 * MIB);
+        assert_eq!(parse_size("42").unwrap(), 42);
+        assert!(parse_size("8MB").is_err());
+        assert!(parse_size("").is_err());
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
             StoreError::Fill(f) => Error::from(f),
-            StoreError::Io { .. } => Error::new(
+            StoreError::Io { .. } | StoreError::Backend { .. } => Error::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
                 format!("cache store unavailable: {e}"),

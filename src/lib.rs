@@ -6,7 +6,7 @@
 //! - [`cache`]: the pull-through policy (tag freshness, stale-if-error, negotiation,
 //!   verification, single-flight); the only place that decides hit, miss or revalidate.
 //! - [`upstream`]: the registry client (token auth, redirects, timeouts), one per upstream.
-//! - [`store`]: the store trait, the key scheme, and the filesystem store.
+//! - [`store`]: the store trait, the key scheme, the filesystem store and the S3 store.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //!
@@ -28,17 +28,23 @@ use cache::{Clock, Registry};
 use config::{Config, StoreLocation};
 use store::Store;
 use store::fs::FsStore;
+use store::s3::{S3Options, S3Store};
 
-/// Opens the store named by the configuration.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+/// Opens the store named by the configuration. For S3 this loads the AWS configuration
+/// (credentials chain, region, endpoint, `AWS_CA_BUNDLE`) without any network I/O.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     match &config.store {
         StoreLocation::Fs(root) => FsStore::open(root)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| format!("cannot open store directory {}: {e}", root.display())),
-        StoreLocation::S3 { .. } => Err(
-            "the S3 store is not part of this version; use a directory for PULLTHROUGH_STORE"
-                .into(),
-        ),
+        StoreLocation::S3 { bucket, .. } => {
+            let options = S3Options::from_config(config)
+                .ok_or_else(|| format!("S3 store {bucket:?} has no options"))?;
+            S3Store::open(options)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|e| format!("cannot open S3 store s3://{bucket}: {e}"))
+        }
     }
 }
 

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match pullthrough::open_store(&config) {
+    let store = match pullthrough::open_store(&config).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pullthrough: {e}");
@@ -56,10 +56,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match listener.local_addr() {
-        Ok(addr) => eprintln!("pullthrough: serving on http://{addr}"),
-        Err(e) => eprintln!("pullthrough: serving (address unknown: {e})"),
-    }
+    // The bound address, not the configured one: with port 0 this says which port was chosen.
+    let listen = listener.local_addr().unwrap_or(listen);
+    tracing::info!(%listen, "pullthrough serving");
+    eprintln!("pullthrough: serving on http://{listen}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

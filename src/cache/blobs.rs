@@ -2,11 +2,13 @@
 //! from the upstream once (concurrent misses share the fill), verified while streaming, and
 //! published only when digest and length match.
 //!
-//! The request that starts a fill is answered while the bytes arrive (a tee: each verified chunk
-//! goes to the store and to that client), so a multi-GiB layer does not keep its first client
-//! waiting in silence; requests that join a fill in progress wait for it and are then served from
-//! the store. If the bytes turn out wrong at the end, the streaming client's body is cut off
-//! (clients verify digests; the cut makes them retry) and nothing is stored.
+//! With a store that serves bytes itself (the filesystem), the request that starts a fill is
+//! answered while the bytes arrive (a tee: each verified chunk goes to the store and to that
+//! client), so a multi-GiB layer does not keep its first client waiting in silence; requests that
+//! join a fill wait for it and are then served from the store. If the bytes turn out wrong at the
+//! end, the streaming client's body is cut off (clients verify digests; the cut makes them retry)
+//! and nothing is stored. With a store that redirects (S3), blob bytes never pass through the
+//! proxy: every request waits for the fill and then gets the redirect.
 
 use std::sync::{Arc, Mutex};
 
@@ -57,7 +59,7 @@ impl Registry {
         }
         if self.store.head(&key).await?.is_some() {
             self.confirm_with_upstream(target, digest).await?;
-        } else if range.is_none() {
+        } else if range.is_none() && !self.store.serves_by_redirect() {
             if let Some(answer) = self.fill_streaming(target, digest).await? {
                 return Ok(answer);
             }

@@ -75,6 +75,10 @@ impl Store for Counted {
         self.inner.put_stream(key, len_hint, body).await
     }
 
+    fn serves_by_redirect(&self) -> bool {
+        self.inner.serves_by_redirect()
+    }
+
     async fn read(
         &self,
         key: &Key,

@@ -1,12 +1,14 @@
 //! The store: content-addressed blobs and small pointer documents, behind one trait.
 //!
-//! Implementations: [`fs::FsStore`] (the embedded default). Keys come only from [`keys`].
+//! Implementations: [`fs::FsStore`] (the embedded default) and [`s3::S3Store`] (a bucket, blobs
+//! served by presigned URL). Keys come only from [`keys`].
 //! Invariant of every implementation: bytes appear under a key only complete — a streamed write
 //! that ends in an error leaves nothing visible.
 
 pub mod counted;
 pub mod fs;
 pub mod keys;
+pub mod s3;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -25,6 +27,10 @@ pub enum StoreError {
     /// The bytes being written were refused (digest or length mismatch, source failed).
     #[error(transparent)]
     Fill(#[from] FillError),
+    /// A remote store failed, after its own retries (S3 unreachable, throttling that did not
+    /// let up, access denied, no such bucket).
+    #[error("store request on {key} failed: {message}")]
+    Backend { key: String, message: String },
 }
 
 /// A single byte range `first..=last` within an object.
@@ -72,6 +78,12 @@ pub trait Store: Send + Sync + 'static {
         len_hint: Option<u64>,
         body: ByteStream,
     ) -> Result<u64, StoreError>;
+
+    /// True when [`Store::read`] answers with redirects (the client fetches the bytes from the
+    /// store itself), so blob bytes should not pass through the proxy, not even on a miss.
+    fn serves_by_redirect(&self) -> bool {
+        false
+    }
 
     /// How a client reads `key`, or `None` when absent.
     async fn read(

@@ -1,8 +1,9 @@
-//! Test harness: the real proxy on 127.0.0.1:0 over a temporary filesystem store, pointed at
-//! in-process fake upstream registries.
+//! Test harness: the real proxy on 127.0.0.1:0 over a temporary filesystem store or an
+//! in-process S3-compatible server ([`s3`]), pointed at in-process fake upstream registries.
 #![allow(dead_code)]
 
 pub mod fake_registry;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +11,12 @@ use std::time::Duration;
 
 use pullthrough::cache::Clock;
 use pullthrough::config::{Config, Settings};
+use pullthrough::store::Store;
+use pullthrough::store::s3::{S3Options, S3Store};
 use sha2::{Digest as _, Sha256};
 
 pub use fake_registry::*;
+pub use s3::S3Server;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -31,6 +35,8 @@ pub struct Proxy {
     pub store_dir: Arc<tempfile::TempDir>,
     pub clock: Arc<Clock>,
     pub http: reqwest::Client,
+    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`].
+    pub s3: Option<S3Server>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -87,7 +93,50 @@ impl Proxy {
             ..Settings::default()
         };
         let config = Config::from_toml(&settings, toml).expect("test config is valid");
-        let store = pullthrough::open_store(&config).expect("store opens");
+        let store = pullthrough::open_store(&config).await.expect("store opens");
+        Proxy::serve(config, store, store_dir, None).await
+    }
+
+    /// A proxy in front of one fake upstream (alias `local`) over a fresh S3-compatible server.
+    pub async fn start_s3(upstream: &FakeRegistry) -> Proxy {
+        Proxy::start_s3_with(upstream, "").await
+    }
+
+    /// [`Proxy::start_s3`] with extra lines in the `[s3]` table (e.g. `part_size = "8MiB"`).
+    pub async fn start_s3_with(upstream: &FakeRegistry, s3_extra: &str) -> Proxy {
+        let server = S3Server::start().await;
+        let toml = format!(
+            "{}{}",
+            local_config(&upstream.url()),
+            server.config_table(s3_extra)
+        );
+        Proxy::with_s3_config(&toml, server).await
+    }
+
+    /// A proxy over `server` (bucket [`s3::BUCKET`], no prefix) configured by `toml`, which
+    /// should hold `server.config_table(..)`. Options come from the config as in production
+    /// (`AWS_CA_BUNDLE` included), credentials are the test server's.
+    pub async fn with_s3_config(toml: &str, server: S3Server) -> Proxy {
+        let settings = Settings {
+            store: Some(format!("s3://{}", server.bucket)),
+            ..Settings::default()
+        };
+        let config = Config::from_toml(&settings, toml).expect("test config is valid");
+        let options = S3Options {
+            credentials: Some(s3::test_credentials()),
+            ..S3Options::from_config(&config).expect("an s3 store")
+        };
+        let store = S3Store::open(options).await.expect("S3 store opens");
+        let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Proxy::serve(config, Arc::new(store), store_dir, Some(server)).await
+    }
+
+    async fn serve(
+        config: Config,
+        store: Arc<dyn Store>,
+        store_dir: Arc<tempfile::TempDir>,
+        s3: Option<S3Server>,
+    ) -> Proxy {
         let clock = Arc::new(Clock::default());
         let router = pullthrough::app(config, store, Arc::clone(&clock)).expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -106,8 +155,14 @@ impl Proxy {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
+            s3,
             shutdown: Some(tx),
         }
+    }
+
+    /// The S3 server of a proxy started with [`Proxy::start_s3`].
+    pub fn s3(&self) -> &S3Server {
+        self.s3.as_ref().expect("a proxy over S3")
     }
 
     pub fn root(&self) -> &Path {

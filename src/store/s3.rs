@@ -1,0 +1,791 @@
+//! The S3 store: one object per key in a bucket, under an optional key prefix.
+//!
+//! - Small objects (tag pointers, markers, manifests) are single `PutObject`/`GetObject` calls.
+//! - Keys under `blobs/` are content-addressed and written once: they are sent with
+//!   `If-None-Match: *`, and a `412 Precondition Failed` (another writer got there first with the
+//!   same bytes) counts as success.
+//! - A streamed blob shorter than one part is one `PutObject`; a longer one is a multipart upload
+//!   with at most `parts_in_flight` parts uploading at once, so a fill holds about
+//!   `part_size × (parts_in_flight + 1)` bytes whatever the blob size. The upload is completed
+//!   only when the stream ended without an error (the verifying stream's last item is an `Err` on
+//!   a digest or length mismatch); on any failure, and when the fill is dropped half-way, it is
+//!   aborted, so nothing is ever visible under the key and no upload is left behind.
+//! - Clients read blobs from S3 directly: [`Store::read`] answers a presigned `GET` URL, computed
+//!   locally without a request to S3.
+//!
+//! Every S3 call is logged at `debug` with its operation and key; the SDK retries throttling
+//! (503 SlowDown) and transient errors with backoff, and what still fails becomes
+//! [`StoreError::Backend`], which clients see as 503.
+//!
+//! ## `AWS_CA_BUNDLE`
+//!
+//! The AWS SDK for Rust does not read `AWS_CA_BUNDLE` (nor a profile's `ca_bundle`): its HTTPS
+//! client trusts the platform's roots only (via `rustls-native-certs`, which honours
+//! `SSL_CERT_FILE`/`SSL_CERT_DIR`). The other SDKs and the AWS CLI use the bundle, and these
+//! machines set it, so this store honours it explicitly: when `AWS_CA_BUNDLE` names a PEM file,
+//! its certificates are trusted *in addition to* the platform roots (a bundle holding only a
+//! private CA still reaches AWS). The file is read and checked at start-up: unreadable, or
+//! without one usable certificate, is a start-up error naming the variable. Certificates that
+//! rustls cannot use as trust anchors are skipped with a warning, because handing them to the SDK
+//! would make it panic on its first connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{
+    Credentials, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+
+use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
+use crate::config::{Config, MIB, S3Settings, StoreLocation};
+
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+/// S3's smallest part (all but the last).
+const MIN_PART_SIZE: u64 = 5 * MIB;
+/// The region used when neither the `[s3]` table, the environment nor a profile names one.
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// Everything [`S3Store::open`] needs.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for none.
+    pub prefix: String,
+    pub settings: S3Settings,
+    /// Lifetime of presigned blob URLs.
+    pub presign_ttl: Duration,
+    /// A PEM bundle of extra trusted CA certificates (`AWS_CA_BUNDLE` in [`S3Options::from_config`]).
+    pub ca_bundle: Option<PathBuf>,
+    /// Fixed credentials instead of the AWS credential chain (tests, embedding).
+    pub credentials: Option<Credentials>,
+}
+
+impl S3Options {
+    /// The options of an `s3://` store, with `AWS_CA_BUNDLE` taken from the process environment;
+    /// `None` for another kind of store.
+    pub fn from_config(config: &Config) -> Option<S3Options> {
+        let StoreLocation::S3 { bucket, prefix } = &config.store else {
+            return None;
+        };
+        Some(S3Options {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+            settings: config.s3.clone(),
+            presign_ttl: config.presign_ttl,
+            ca_bundle: std::env::var_os("AWS_CA_BUNDLE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            credentials: None,
+        })
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// `""` or `"<prefix>/"`, prepended to every key.
+    key_prefix: String,
+    part_size: u64,
+    parts_in_flight: usize,
+    presign_ttl: Duration,
+}
+
+impl S3Store {
+    /// Builds the S3 client: region, credentials chain and endpoint from the `[s3]` settings and
+    /// the standard AWS sources, the HTTPS client with `AWS_CA_BUNDLE` if given. No network I/O:
+    /// credentials are resolved on the first request, the bucket is not checked.
+    pub async fn open(options: S3Options) -> Result<S3Store, String> {
+        let S3Options {
+            bucket,
+            prefix,
+            settings,
+            presign_ttl,
+            ca_bundle,
+            credentials,
+        } = options;
+
+        let mut trust = TrustStore::default();
+        if let Some(path) = &ca_bundle {
+            trust = trust.with_pem_certificate(load_ca_bundle(path)?);
+        }
+        let tls_context = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| format!("S3 client TLS setup: {e}"))?;
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(tls_context)
+            .build_https();
+
+        // The SDK's default region chain ends with the EC2 instance metadata service, a network
+        // call at start-up; ours stops at the environment and profile files.
+        let region = match &settings.region {
+            Some(r) => RegionProviderChain::first_try(Region::new(r.clone())),
+            None => RegionProviderChain::first_try(
+                aws_config::environment::EnvironmentVariableRegionProvider::new(),
+            )
+            .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+            .or_else(Region::from_static(FALLBACK_REGION)),
+        };
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client)
+            .region(region)
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(SharedCredentialsProvider::new(c));
+        }
+        let sdk = loader.load().await;
+
+        // The SDK resolves AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / profile settings itself; we
+        // look the same keys up only to know whether an override is in effect.
+        let env_endpoint = sdk
+            .service_config()
+            .and_then(|c| {
+                let key = aws_types::service_config::ServiceConfigKey::builder()
+                    .service_id("S3")
+                    .env("AWS_ENDPOINT_URL")
+                    .profile("endpoint_url")
+                    .build()
+                    .ok()?;
+                c.load_config(key)
+            })
+            .or_else(|| sdk.endpoint_url().map(str::to_owned));
+        let endpoint = settings
+            .endpoint
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned());
+        let force_path_style = settings
+            .force_path_style
+            .unwrap_or(endpoint.is_some() || env_endpoint.is_some());
+
+        let mut s3 = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(force_path_style)
+            // Checksums only where S3 requires them: S3-compatible servers differ in their
+            // support of the SDK's default CRC checksums, and every blob is verified by digest.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(e) = &endpoint {
+            s3 = s3.endpoint_url(e);
+        }
+        tracing::info!(
+            %bucket,
+            %prefix,
+            region = ?sdk.region(),
+            endpoint = ?endpoint.as_ref().or(env_endpoint.as_ref()),
+            force_path_style,
+            ca_bundle = ?ca_bundle,
+            "S3 store configured"
+        );
+        Ok(S3Store::new(
+            Client::from_conf(s3.build()),
+            bucket,
+            prefix,
+            &settings,
+            presign_ttl,
+        ))
+    }
+
+    /// A store over a ready client (whose configuration is the caller's business).
+    pub fn new(
+        client: Client,
+        bucket: String,
+        prefix: String,
+        settings: &S3Settings,
+        presign_ttl: Duration,
+    ) -> S3Store {
+        let prefix = prefix.trim_matches('/');
+        S3Store {
+            client,
+            bucket,
+            key_prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            part_size: settings.part_size.max(MIN_PART_SIZE),
+            parts_in_flight: settings.parts_in_flight.max(1),
+            presign_ttl,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The object key of a store key: `<prefix>/<key>`, or `<key>` without a prefix.
+    pub fn object_key(&self, key: &Key) -> String {
+        format!("{}{}", self.key_prefix, key.as_str())
+    }
+
+    /// The part size used for a blob of `len_hint` bytes: the configured size, grown (in whole
+    /// MiB) so that a known length never needs more than 10,000 parts.
+    pub fn part_size_for(&self, len_hint: Option<u64>) -> u64 {
+        part_size_for(self.part_size, len_hint)
+    }
+
+    async fn put_small(
+        &self,
+        key: &Key,
+        object_key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        let write_once = is_write_once(key);
+        tracing::debug!(
+            op = "PutObject",
+            key = object_key,
+            bytes = bytes.len(),
+            write_once
+        );
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(object_key)
+            .content_type(content_type)
+            .content_length(bytes.len() as i64)
+            .body(S3Body::from(bytes));
+        if write_once {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if write_once && is_precondition_failed(&e) => {
+                tracing::debug!(key = object_key, "already stored by another writer");
+                Ok(())
+            }
+            Err(e) => Err(backend(object_key, "PutObject", &e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        let k = self.object_key(key);
+        tracing::debug!(op = "GetObject", key = %k);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        };
+        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+            key: k.clone(),
+            message: format!(
+                "S3 GetObject: reading the body: {}",
+                DisplayErrorContext(&e)
+            ),
+        })?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn put(&self, key: &Key, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
+        let k = self.object_key(key);
+        self.put_small(key, &k, bytes, content_type).await
+    }
+
+    async fn head(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        let k = self.object_key(key);
+        tracing::debug!(op = "HeadObject", key = %k);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(backend(&k, "HeadObject", &e)),
+        }
+    }
+
+    async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        let dir = format!("{}/", self.object_key(prefix));
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            tracing::debug!(op = "ListObjectsV2", key = %dir, continuation = token.is_some());
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&dir)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| backend(&dir, "ListObjectsV2", &e))?;
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key()?.strip_prefix(dir.as_str()))
+                    .filter(|name| !name.is_empty() && !name.contains('/'))
+                    .map(str::to_owned),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        key: &Key,
+        len_hint: Option<u64>,
+        mut body: ByteStream,
+    ) -> Result<u64, StoreError> {
+        let k = self.object_key(key);
+        let part_size = self.part_size_for(len_hint);
+        let part_bytes = usize::try_from(part_size).unwrap_or(usize::MAX);
+        // Never reserve more than the blob needs: most blobs are far smaller than one part.
+        let first_capacity = len_hint.map_or(part_size, |l| l.min(part_size));
+        let mut buf = BytesMut::with_capacity(usize::try_from(first_capacity).unwrap_or(0));
+
+        let ended = fill_part(&mut body, &mut buf, part_bytes).await?;
+        if ended && buf.len() < part_bytes {
+            let len = buf.len() as u64;
+            self.put_small(key, &k, buf.freeze(), "application/octet-stream")
+                .await?;
+            return Ok(len);
+        }
+
+        let mut upload = Multipart::create(self, &k).await?;
+        let result = upload.run(body, buf, ended, part_bytes).await;
+        match result {
+            Ok(written) => match upload.complete(is_write_once(key)).await {
+                Ok(()) => Ok(written),
+                Err(e) => {
+                    upload.abort().await;
+                    Err(e)
+                }
+            },
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn serves_by_redirect(&self) -> bool {
+        true
+    }
+
+    async fn read(
+        &self,
+        key: &Key,
+        _range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        // The client sends its Range header to S3 itself. Presigning is local: no S3 request, so
+        // an absent object is S3's 404 to the client (callers read only what they know exists).
+        let k = self.object_key(key);
+        tracing::debug!(op = "presign GetObject", key = %k, ttl_secs = self.presign_ttl.as_secs());
+        let config =
+            PresigningConfig::expires_in(self.presign_ttl).map_err(|e| StoreError::Backend {
+                key: k.clone(),
+                message: format!("presign: {e}"),
+            })?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .presigned(config)
+            .await
+            .map_err(|e| backend(&k, "presign GetObject", &e))?;
+        Ok(Some(BlobRead::Redirect(req.uri().to_owned())))
+    }
+}
+
+/// Reads from `body` into `buf` until it holds at least `part_size` bytes (`Ok(false)`) or the
+/// stream ends (`Ok(true)`). A stream error is returned as is.
+async fn fill_part(
+    body: &mut ByteStream,
+    buf: &mut BytesMut,
+    part_size: usize,
+) -> Result<bool, StoreError> {
+    while buf.len() < part_size {
+        match body.next().await {
+            None => return Ok(true),
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(StoreError::Fill(e)),
+        }
+    }
+    Ok(false)
+}
+
+/// One multipart upload in progress. Dropped before [`Multipart::complete`] or
+/// [`Multipart::abort`] finished (the fill was cancelled), it aborts the upload in a spawned task
+/// after the parts in flight have settled, so no part lands after the abort.
+struct Multipart {
+    client: Client,
+    bucket: Arc<str>,
+    key: Arc<str>,
+    upload_id: Arc<str>,
+    parts_in_flight: usize,
+    tasks: JoinSet<Result<CompletedPart, StoreError>>,
+    parts: Vec<CompletedPart>,
+    /// Set once the upload is completed or aborted: nothing left for `Drop` to clean up.
+    settled: bool,
+}
+
+impl Multipart {
+    async fn create(store: &S3Store, key: &str) -> Result<Multipart, StoreError> {
+        tracing::debug!(op = "CreateMultipartUpload", key);
+        let out = store
+            .client
+            .create_multipart_upload()
+            .bucket(&store.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .send()
+            .await
+            .map_err(|e| backend(key, "CreateMultipartUpload", &e))?;
+        let upload_id = out.upload_id().ok_or_else(|| StoreError::Backend {
+            key: key.to_owned(),
+            message: "S3 CreateMultipartUpload answered without an upload id".into(),
+        })?;
+        Ok(Multipart {
+            client: store.client.clone(),
+            bucket: store.bucket.as_str().into(),
+            key: key.into(),
+            upload_id: upload_id.into(),
+            parts_in_flight: store.parts_in_flight,
+            tasks: JoinSet::new(),
+            parts: Vec::new(),
+            settled: false,
+        })
+    }
+
+    /// Uploads `buf` and the rest of `body` as parts of `part_size` bytes (the last one shorter),
+    /// at most `parts_in_flight` at once. Returns the bytes uploaded once every part is stored.
+    async fn run(
+        &mut self,
+        mut body: ByteStream,
+        mut buf: BytesMut,
+        mut ended: bool,
+        part_size: usize,
+    ) -> Result<u64, StoreError> {
+        let mut written = 0u64;
+        let mut part_number = 0u64;
+        loop {
+            while buf.len() >= part_size || (ended && !buf.is_empty()) {
+                let part = if buf.len() >= part_size {
+                    buf.split_to(part_size)
+                } else {
+                    buf.split()
+                }
+                .freeze();
+                part_number += 1;
+                if part_number > MAX_PARTS {
+                    return Err(StoreError::Backend {
+                        key: self.key.to_string(),
+                        message: format!(
+                            "blob larger than {MAX_PARTS} parts of {part_size} bytes; raise [s3] part_size"
+                        ),
+                    });
+                }
+                while self.tasks.len() >= self.parts_in_flight {
+                    self.join_one().await?;
+                }
+                written += part.len() as u64;
+                self.spawn_part(part_number as i32, part);
+            }
+            if ended {
+                break;
+            }
+            // Surface a failed part early rather than after reading the whole stream.
+            while let Some(done) = self.tasks.try_join_next() {
+                self.parts.push(flatten(done, &self.key)?);
+            }
+            if buf.capacity() < part_size {
+                buf.reserve(part_size - buf.len());
+            }
+            ended = fill_part(&mut body, &mut buf, part_size).await?;
+        }
+        while !self.tasks.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(written)
+    }
+
+    fn spawn_part(&mut self, part_number: i32, data: Bytes) {
+        let client = self.client.clone();
+        let (bucket, key, upload_id) = (
+            Arc::clone(&self.bucket),
+            Arc::clone(&self.key),
+            Arc::clone(&self.upload_id),
+        );
+        self.tasks.spawn(async move {
+            tracing::debug!(op = "UploadPart", key = %key, part = part_number, bytes = data.len());
+            let out = client
+                .upload_part()
+                .bucket(&*bucket)
+                .key(&*key)
+                .upload_id(&*upload_id)
+                .part_number(part_number)
+                .content_length(data.len() as i64)
+                .body(S3Body::from(data))
+                .send()
+                .await
+                .map_err(|e| backend(&key, "UploadPart", &e))?;
+            let e_tag = out.e_tag().ok_or_else(|| StoreError::Backend {
+                key: key.to_string(),
+                message: format!("S3 UploadPart {part_number} answered without an ETag"),
+            })?;
+            Ok(CompletedPart::builder()
+                .part_number(part_number)
+                .e_tag(e_tag)
+                .build())
+        });
+    }
+
+    async fn join_one(&mut self) -> Result<(), StoreError> {
+        if let Some(done) = self.tasks.join_next().await {
+            self.parts.push(flatten(done, &self.key)?);
+        }
+        Ok(())
+    }
+
+    /// Publishes the object. With `write_once`, a 412 (the key exists: same digest, same bytes)
+    /// is success, and this upload is aborted instead.
+    async fn complete(&mut self, write_once: bool) -> Result<(), StoreError> {
+        let mut parts = std::mem::take(&mut self.parts);
+        parts.sort_by_key(|p| p.part_number());
+        tracing::debug!(op = "CompleteMultipartUpload", key = %self.key, parts = parts.len(), write_once);
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(&*self.key)
+            .upload_id(&*self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        if write_once {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => {
+                self.settled = true;
+                Ok(())
+            }
+            Err(e) if write_once && is_precondition_failed(&e) => {
+                tracing::debug!(key = %self.key, "already stored by another writer");
+                self.abort().await;
+                Ok(())
+            }
+            Err(e) => Err(backend(&self.key, "CompleteMultipartUpload", &e)),
+        }
+    }
+
+    /// Waits for the parts in flight, then aborts the upload (best effort: a failure is logged,
+    /// and the bucket's lifecycle rule for incomplete uploads is the backstop).
+    async fn abort(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        abort_upload(&self.client, &self.bucket, &self.key, &self.upload_id).await;
+        self.settled = true;
+    }
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(key = %self.key, upload_id = %self.upload_id, "multipart upload abandoned without a runtime to abort it");
+            return;
+        };
+        let mut tasks = std::mem::take(&mut self.tasks);
+        let client = self.client.clone();
+        let (bucket, key, upload_id) = (
+            Arc::clone(&self.bucket),
+            Arc::clone(&self.key),
+            Arc::clone(&self.upload_id),
+        );
+        runtime.spawn(async move {
+            while tasks.join_next().await.is_some() {}
+            abort_upload(&client, &bucket, &key, &upload_id).await;
+        });
+    }
+}
+
+async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
+    tracing::debug!(op = "AbortMultipartUpload", key, upload_id);
+    if let Err(e) = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        tracing::warn!(key, upload_id, error = %DisplayErrorContext(&e), "could not abort a multipart upload");
+    }
+}
+
+fn flatten(
+    joined: Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>,
+    key: &str,
+) -> Result<CompletedPart, StoreError> {
+    joined.map_err(|e| StoreError::Backend {
+        key: key.to_owned(),
+        message: format!("part upload task failed: {e}"),
+    })?
+}
+
+fn part_size_for(configured: u64, len_hint: Option<u64>) -> u64 {
+    let configured = configured.max(MIN_PART_SIZE);
+    match len_hint {
+        Some(len) if len.div_ceil(configured) > MAX_PARTS => {
+            len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB
+        }
+        _ => configured,
+    }
+}
+
+/// Content-addressed keys: any two writers write the same bytes, so the first one wins.
+fn is_write_once(key: &Key) -> bool {
+    key.as_str().starts_with("blobs/")
+}
+
+fn is_precondition_failed<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(s) => s.err().code() == Some("PreconditionFailed"),
+        _ => false,
+    }
+}
+
+fn backend<E>(
+    key: &str,
+    op: &str,
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = match e {
+        SdkError::ServiceError(s) => format!(
+            "S3 {op}: HTTP {} {}: {}",
+            s.raw().status().as_u16(),
+            s.err().code().unwrap_or("(no code)"),
+            s.err().message().unwrap_or("(no message)")
+        ),
+        other => format!("S3 {op}: {}", DisplayErrorContext(other)),
+    };
+    StoreError::Backend {
+        key: key.to_owned(),
+        message,
+    }
+}
+
+/// Reads `AWS_CA_BUNDLE`'s file and returns the certificates rustls accepts as trust anchors,
+/// as one PEM document.
+fn load_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let what = format!("AWS_CA_BUNDLE={}", path.display());
+    let pem = std::fs::read(path).map_err(|e| format!("{what}: cannot read the CA bundle: {e}"))?;
+    let mut usable = Vec::new();
+    let mut skipped = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{what}: not a PEM certificate bundle: {e}"))?;
+        let mut probe = rustls::RootCertStore::empty();
+        match probe.add(cert.clone()) {
+            Ok(()) => usable.push(cert),
+            Err(e) => {
+                skipped += 1;
+                tracing::warn!(bundle = %path.display(), error = %e, "skipping a CA certificate rustls cannot use");
+            }
+        }
+    }
+    if usable.is_empty() {
+        return Err(format!(
+            "{what}: no usable CA certificate in the file ({skipped} unusable); unset it or point it at a PEM bundle"
+        ));
+    }
+    tracing::debug!(bundle = %path.display(), certificates = usable.len(), skipped, "trusting AWS_CA_BUNDLE in addition to the platform roots");
+    let mut out = Vec::new();
+    for cert in usable {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_stay_within_10000_parts() {
+        let p = 8 * MIB;
+        assert_eq!(part_size_for(p, None), p);
+        assert_eq!(part_size_for(p, Some(1)), p);
+        assert_eq!(part_size_for(p, Some(p * MAX_PARTS)), p);
+        let grown = part_size_for(p, Some(p * MAX_PARTS + 1));
+        assert!(grown > p && grown.is_multiple_of(MIB));
+        assert!((p * MAX_PARTS + 1).div_ceil(grown) <= MAX_PARTS);
+        let five_tib = 5 * 1024 * 1024 * MIB;
+        assert!(five_tib.div_ceil(part_size_for(p, Some(five_tib))) <= MAX_PARTS);
+        // Below S3's minimum part size is never used.
+        assert_eq!(part_size_for(MIB, None), MIN_PART_SIZE);
+    }
+
+    #[test]
+    fn ca_bundle_errors_name_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = load_ca_bundle(&missing).unwrap_err();
+        assert!(
+            e.contains("AWS_CA_BUNDLE=") && e.contains("cannot read"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let e = load_ca_bundle(&empty).unwrap_err();
+        assert!(e.contains("no usable CA certificate"), "{e}");
+    }
+}

@@ -1,0 +1,261 @@
+//! The whole proxy over the S3 store, against an in-process S3-compatible server that checks
+//! SigV4 signatures (headers and presigned URLs) and the fake upstream registry: blobs are
+//! answered with a 307 to a presigned URL that a client without credentials follows.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use s3s::S3ErrorCode;
+
+/// Small parts and few in flight, so multipart cases stay small.
+const SMALL_PARTS: &str = "part_size = \"8MiB\"\nparts_in_flight = 2";
+
+/// GETs a blob through the proxy, asserts a 307 to the S3 server, follows the Location with a
+/// plain client (no Authorization) and checks the bytes hash to `digest`. Returns the Location.
+async fn blob_via_redirect(proxy: &Proxy, repo: &str, digest: &str) -> (String, Bytes) {
+    let resp = proxy.get(&format!("/v2/{repo}/blobs/{digest}"), None).await;
+    assert_eq!(resp.status(), 307, "blob {digest}");
+    assert_eq!(header(&resp, "docker-content-digest"), Some(digest));
+    let location = header(&resp, "location").expect("Location").to_owned();
+    assert!(
+        location.starts_with(&format!("{}/{}/", proxy.s3().endpoint, proxy.s3().bucket)),
+        "{location}"
+    );
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let client = proxy.s3().plain_client();
+    let req = client.get(&location).build().unwrap();
+    assert!(req.headers().get("authorization").is_none());
+    let follow = client.execute(req).await.expect("S3 answers");
+    assert_eq!(follow.status(), 200, "following {location}");
+    let body = follow.bytes().await.unwrap();
+    assert_eq!(sha256(&body), digest, "bytes behind the presigned URL");
+    (location, body)
+}
+
+fn manifest_blobs(manifest: &Pushed) -> Vec<String> {
+    manifest.blob_digests()
+}
+
+/// Pulls an image as a client does: index by tag, platform manifest by digest, config and
+/// layers through presigned URLs.
+async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
+    for (reference, expected) in [(tag, &img.index), (img.amd64.digest.as_str(), &img.amd64)] {
+        let resp = proxy
+            .get(
+                &format!("/v2/{repo}/manifests/{reference}"),
+                Some(DOCKER_CLIENT_ACCEPT),
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "manifest {reference}");
+        assert_eq!(
+            header(&resp, "content-type"),
+            Some(expected.media_type.as_str())
+        );
+        assert_eq!(
+            header(&resp, "docker-content-digest"),
+            Some(expected.digest.as_str())
+        );
+        assert_eq!(resp.bytes().await.unwrap(), expected.bytes);
+    }
+    for d in manifest_blobs(&img.amd64) {
+        blob_via_redirect(proxy, repo, &d).await;
+    }
+}
+
+fn describe(up: &FakeRegistry) -> Vec<String> {
+    up.requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 31);
+    let proxy = Proxy::start_s3(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+
+    // The arm64 manifest by digest, and a blob HEAD: length and digest without a body.
+    let resp = proxy
+        .get(
+            &format!("/v2/team/app/manifests/{}", img.arm64.digest),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await;
+    assert_eq!(resp.bytes().await.unwrap(), img.arm64.bytes);
+    let layer = &manifest_blobs(&img.amd64)[1];
+    let head = proxy
+        .head(&format!("/v2/team/app/blobs/{layer}"), None)
+        .await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(&head, "docker-content-digest"), Some(layer.as_str()));
+
+    // Every blob and manifest is in the bucket under its digest.
+    let stored = proxy.s3().blob_keys("").await;
+    for d in manifest_blobs(&img.amd64).iter().chain([
+        &img.index.digest,
+        &img.amd64.digest,
+        &img.arm64.digest,
+    ]) {
+        let key = format!("blobs/{}", d.replace(':', "/"));
+        assert!(stored.contains(&key), "{key} not in {stored:?}");
+    }
+    proxy.s3().assert_no_uploads().await;
+}
+
+#[tokio::test]
+async fn a_warm_blob_is_a_redirect_after_one_store_request_and_no_upstream_request() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(32, 200_000);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3(&up).await;
+    let (_, first) = blob_via_redirect(&proxy, "team/app", &d).await;
+    assert_eq!(first, data);
+
+    up.clear_requests();
+    proxy.s3().clear_calls();
+    let (_, again) = blob_via_redirect(&proxy, "team/app", &d).await;
+    assert_eq!(again, data);
+    assert!(up.requests().is_empty(), "{:?}", describe(&up));
+    // One store request (the repository's marker), then the client's own GET of the object.
+    let ops: Vec<_> = proxy.s3().calls().into_iter().map(|c| c.op).collect();
+    assert_eq!(
+        ops,
+        vec!["GetObject", "GetObject"],
+        "{:?}",
+        proxy.s3().calls()
+    );
+    assert!(proxy.s3().calls()[0].key.contains("/_digests/"));
+    assert!(proxy.s3().calls()[1].key.starts_with("blobs/"));
+}
+
+#[tokio::test]
+async fn tampered_presigned_urls_are_refused_by_s3() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let d1 = up.put_blob("team/app", blob_bytes(33, 5000));
+    let d2 = up.put_blob("team/app", blob_bytes(34, 5000));
+    let proxy = Proxy::start_s3(&up).await;
+    let (location, _) = blob_via_redirect(&proxy, "team/app", &d1).await;
+    blob_via_redirect(&proxy, "team/app", &d2).await;
+    let client = proxy.s3().plain_client();
+
+    // One character of the signature changed.
+    let at = location.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let mut flipped = location.clone().into_bytes();
+    flipped[at] = if flipped[at] == b'0' { b'1' } else { b'0' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    // The same signature pointed at another (existing) object.
+    let (h1, h2) = (
+        d1.strip_prefix("sha256:").unwrap(),
+        d2.strip_prefix("sha256:").unwrap(),
+    );
+    let other_key = location.replace(h1, h2);
+    assert_ne!(other_key, location);
+    for url in [&flipped, &other_key] {
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{url}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains("SignatureDoesNotMatch"), "{body}");
+    }
+    // The untouched URL still works.
+    assert_eq!(client.get(&location).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_fill_that_fails_halfway_leaves_no_blob_and_no_multipart_upload() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(35, 20 * 1024 * 1024);
+    let d = up.put_blob("team/big", data.clone());
+    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let path = format!("/v2/team/big/blobs/{d}");
+
+    for fault in [Fault::Truncate, Fault::TamperBody] {
+        up.clear_faults();
+        up.add_fault(FaultRule::new(fault.clone()).method("GET").path("/blobs/"));
+        proxy.s3().clear_calls();
+        let msg = expect_oci_error(proxy.get(&path, None).await, 502, "UNAVAILABLE").await;
+        if fault == Fault::TamperBody {
+            assert!(msg.contains("digest mismatch"), "{msg}");
+        }
+        // It did get as far as a multipart upload with a part stored, then aborted it.
+        assert_eq!(proxy.s3().count("CreateMultipartUpload"), 1, "{fault:?}");
+        assert!(proxy.s3().count("UploadPart") >= 1, "{fault:?}");
+        assert_eq!(proxy.s3().count("AbortMultipartUpload"), 1, "{fault:?}");
+        assert_eq!(proxy.s3().count("CompleteMultipartUpload"), 0, "{fault:?}");
+        assert_eq!(
+            proxy.s3().blob_keys("").await,
+            Vec::<String>::new(),
+            "{fault:?}"
+        );
+        proxy.s3().assert_no_uploads().await;
+    }
+
+    up.clear_faults();
+    let (_, body) = blob_via_redirect(&proxy, "team/big", &d).await;
+    assert_eq!(body, data);
+    proxy.s3().assert_no_uploads().await;
+}
+
+#[tokio::test]
+async fn a_blob_larger_than_all_parts_in_flight_is_filled_and_served_intact() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    // 8 MiB parts, 2 in flight: 40 MiB is five parts, more than fit in memory at once.
+    let data = blob_bytes(36, 40 * 1024 * 1024 + 5);
+    let d = up.put_blob("team/big", data.clone());
+    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let (_, body) = blob_via_redirect(&proxy, "team/big", &d).await;
+    assert_eq!(body.len(), data.len());
+    assert_eq!(body, data);
+    assert_eq!(proxy.s3().count("UploadPart"), 6);
+    assert!(proxy.s3().parts_peak() <= 2, "{}", proxy.s3().parts_peak());
+    assert_eq!(up.count_authorized("GET", "/blobs/"), 1);
+    proxy.s3().assert_no_uploads().await;
+}
+
+#[tokio::test]
+async fn tag_ttl_behaviour_is_unchanged_over_s3() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 37);
+    let proxy = Proxy::start_s3(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+
+    up.clear_requests();
+    proxy.advance(Duration::from_secs(59));
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    assert!(up.requests().is_empty(), "{:?}", describe(&up));
+
+    proxy.advance(Duration::from_secs(2));
+    full_pull(&proxy, "team/app", "v1", &img).await;
+    let reqs = describe(&up);
+    assert_eq!(reqs, vec!["HEAD /v2/team/app/manifests/v1"]);
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_failing_gives_503_unavailable() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let d = up.put_blob("team/app", blob_bytes(38, 1000));
+    let proxy = Proxy::start_s3_with(&up, "max_attempts = 2").await;
+    proxy
+        .s3()
+        .add_fault("GetObject", S3ErrorCode::SlowDown, None);
+    proxy
+        .s3()
+        .add_fault("HeadObject", S3ErrorCode::SlowDown, None);
+    let msg = expect_oci_error(
+        proxy.get(&format!("/v2/team/app/blobs/{d}"), None).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(msg.contains("SlowDown"), "{msg}");
+    // Two attempts of the one request that failed, and the upstream never asked.
+    assert_eq!(proxy.s3().count("GetObject"), 2);
+    assert_eq!(up.count("GET", "/blobs/"), 0);
+
+    proxy.s3().clear_faults();
+    blob_via_redirect(&proxy, "team/app", &d).await;
+}
