@@ -165,7 +165,11 @@ on_exit() {
     trap - EXIT INT TERM
     if [[ $SUMMARY_DONE == 0 ]]; then
         FAILED=$((FAILED + 1))
-        echo "FAIL setup: $STAGE (exit status $rc)"
+        if [[ $rc == 130 ]]; then
+            echo "FAIL interrupted during: $STAGE"
+        else
+            echo "FAIL setup: $STAGE (exit status $rc)"
+        fi
         if [[ -n $WORK && -f $WORK/pullthrough.log ]]; then
             echo "    | last lines of the pullthrough log:"
             tail -n 20 "$WORK/pullthrough.log" | sed 's/^/    | /'
@@ -972,6 +976,7 @@ test_store() {
     CUR_OUT=$WORK/out/$STORE-misc
     check "$p cold: two concurrent pulls of $BIG_REPO share one upstream fetch" concurrent_cold_pulls
     snapshot_logs
+    STAGE="store $STORE: cold round"
     log "$p cold round ($(elapsed))"
     client_round cold
     CUR_OUT=$WORK/out/$STORE-misc
@@ -997,6 +1002,7 @@ test_store() {
     # -- warm: the same pulls, nothing may reach the upstreams
     t=$SECONDS
     snapshot_logs
+    STAGE="store $STORE: warm round"
     log "$p warm round ($(elapsed))"
     client_round warm
     CUR_OUT=$WORK/out/$STORE-misc
@@ -1006,10 +1012,12 @@ test_store() {
     log "$p warm round took $((SECONDS - t))s"
 
     # -- restarted: a new process with cold memory and the same store
+    STAGE="store $STORE: restarting pullthrough"
     stop_proxy
     start_proxy
     t=$SECONDS
     snapshot_logs
+    STAGE="store $STORE: restarted round"
     log "$p restarted round ($(elapsed))"
     client_round restarted
     CUR_OUT=$WORK/out/$STORE-misc
