@@ -41,6 +41,9 @@ TOKEN_ISSUER="e2e-token-issuer"
 SECURE_REPO="e2e/private"
 
 log() { echo "-- $*"; }
+# No client may hang the run: every client call has a time limit.
+CLIENT_TIMEOUT=300
+curl() { command curl --max-time 120 "$@"; }
 elapsed() { echo "$((SECONDS - STARTED_AT))s"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +240,7 @@ log "skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | 
 
 STAGE="cargo build --release"
 log "cargo build --release ($(elapsed))"
-if ! cargo build --release --locked >"$WORK/cargo-build.log" 2>&1; then
+if ! cargo build --release >"$WORK/cargo-build.log" 2>&1; then
     tail -n 40 "$WORK/cargo-build.log"
     false
 fi
@@ -310,7 +313,7 @@ location = "$PROXY/docker.io"
 insecure = true
 EOF
 export CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf
-sk() { skopeo --policy "$WORK/policy.json" "$@"; }
+sk() { timeout "$CLIENT_TIMEOUT" skopeo --policy "$WORK/policy.json" "$@"; }
 
 registry_config() { # FILE PORT DATA_DIR [AUTH_YAML]
     cat >"$1" <<EOF
@@ -562,7 +565,7 @@ copy_check() { # PROXY_REF EXPECTED_DIGEST
 # podman, with its own storage per round (vfs), events to a file, no systemd, no CNI writes.
 pod() {
     mkdir -p "$POD/tmp"
-    TMPDIR=$POD/tmp podman --root "$POD/root" --runroot "$POD_RUN" --storage-driver vfs \
+    TMPDIR=$POD/tmp timeout "$CLIENT_TIMEOUT" podman --root "$POD/root" --runroot "$POD_RUN" --storage-driver vfs \
         --events-backend file --cgroup-manager cgroupfs --tmpdir "$POD/libpod" \
         --network-config-dir "$POD/net" "$@"
 }
@@ -622,7 +625,7 @@ ctd_stop() {
     stop_pid "$CTD_PID"
     CTD_PID=""
 }
-c() { ctr --address "$CTD/containerd.sock" -n e2e "$@"; }
+c() { timeout "$CLIENT_TIMEOUT" ctr --address "$CTD/containerd.sock" -n e2e "$@"; }
 
 ctr_digest_is() { # REF DIGEST
     local got
@@ -648,7 +651,7 @@ server = "http://127.0.0.1:$P_DEAD"
 [host."http://$PROXY"]
   capabilities = ["pull", "resolve"]
 EOF
-    ctr --debug --address "$CTD/containerd.sock" -n e2e images pull --hosts-dir "$hosts" \
+    timeout "$CLIENT_TIMEOUT" ctr --debug --address "$CTD/containerd.sock" -n e2e images pull --hosts-dir "$hosts" \
         --snapshotter native "$ns/$ref" 2>"$CUR_OUT.debug" || { tail -n 20 "$CUR_OUT.debug"; return 1; }
     local repo=${ref%:*} tag=${ref##*:}
     grep -m 2 -F "url=\"http://$PROXY/v2/$repo/manifests/$tag?ns=$ns\"" "$CUR_OUT.debug" || true
@@ -902,6 +905,47 @@ upstream_down() {
     [[ sha256:$(sha256sum <"$CUR_OUT.px" | cut -d' ' -f1) == "$MANYLAYERS_CONFIG" ]]
 }
 
+cold_blob_range() {
+    # A blob pushed straight to the upstream, never pulled: HEAD asks the upstream without
+    # copying; a Range GET copies it once and answers 206; the full GET then comes from the store.
+    local rb=$CUR_OUT.rawblob d loc before code
+    head -c 3000000 /dev/urandom >"$rb"
+    d=sha256:$(sha256sum <"$rb" | cut -d' ' -f1)
+    loc=$(curl -sSf -D - -o /dev/null -X POST "http://$UP/v2/e2e/rawblob/blobs/uploads/" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "location" {print $2}')
+    [[ $loc == /* ]] && loc=http://$UP$loc
+    curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$rb" \
+        "$loc&digest=$d"
+    before=$(lines "$UP_LOG")
+    curl -sSf -I "http://$PROXY/v2/e2e/rawblob/blobs/$d" | tr -d '\r' | grep -i '^content-length: 3000000$'
+    [[ $(since "$UP_LOG" "$before" | count '"GET /v2/e2e/rawblob/blobs/') == 0 ]]
+    code=$(curl -s -o "$CUR_OUT.range" -D "$CUR_OUT.h" -w '%{http_code}' -H 'Range: bytes=100-199' \
+        "http://$PROXY/v2/e2e/rawblob/blobs/$d")
+    cat "$CUR_OUT.h"
+    [[ $code == 206 ]]
+    cmp "$CUR_OUT.range" <(tail -c +101 "$rb" | head -c 100)
+    curl -sSf "http://$PROXY/v2/e2e/rawblob/blobs/$d" | cmp - "$rb"
+    since "$UP_LOG" "$before" | grep -E "$ANY_V2" || true
+    [[ $(since "$UP_LOG" "$before" | count '"GET /v2/e2e/rawblob/blobs/') == 1 ]]
+    rm -f "$rb"
+}
+
+blob_isolation() {
+    # The big layer is in the store (for e2e/big), but e2e/dockerlist does not have it upstream:
+    # the proxy must ask (HEAD) and refuse, never serve it under that name.
+    local layer code before
+    layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' \
+        "$BIG_PATH/blobs/sha256/${BIG_DIGEST#sha256:}")
+    before=$(lines "$UP_LOG")
+    code=$(curl -s -o "$CUR_OUT.b" -w '%{http_code}' "http://$PROXY/v2/$DOCKERLIST_REPO/blobs/$layer")
+    cat "$CUR_OUT.b"
+    echo
+    since "$UP_LOG" "$before" | grep -E "$ANY_V2" || true
+    [[ $code == 404 ]]
+    grep '"BLOB_UNKNOWN"' "$CUR_OUT.b"
+    [[ $(since "$UP_LOG" "$before" | count "\"GET /v2/$DOCKERLIST_REPO/blobs/") == 0 ]]
+}
+
 cold_upstream_once() {
     # In the cold round every manifest and blob came from the upstream at most once.
     local win dups
@@ -984,6 +1028,8 @@ test_store() {
     check "$p cold: token-auth upstream used the configured credentials (pull scope)" secure_token_used
     check "$p Docker-Content-Digest is the sha256 of the body" digest_header_matches_body
     check "$p blob Range request (206, right bytes) and HEAD (size)" blob_range
+    check "$p uncached blob: HEAD without copying, Range GET copies once (206)" cold_blob_range
+    check "$p a cached blob is not served for a repository the upstream says lacks it" blob_isolation
     check "$p referrers on an upstream without the API: OCI JSON 404" referrers_json_error
     check "$p unconfigured registry prefix refused without an upstream call; push refused (405)" \
         unknown_registry_refused
