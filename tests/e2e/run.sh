@@ -407,7 +407,9 @@ save_ref() {
     fi
 }
 
-add_inspect() { echo "$1|$2|$3|${4:-}" >>"$INSPECT_TABLE"; }
+add_inspect() { # KEY UPSTREAM_REF PROXY_REF: once per proxy reference
+    grep -qF "|$3|" "$INSPECT_TABLE" || echo "$1|$2|$3|${4:-}" >>"$INSPECT_TABLE"
+}
 
 STAGE="pushing fixtures"
 : >"$INSPECT_TABLE"
@@ -692,7 +694,7 @@ client_round() {
     # podman (fresh storage each round)
     POD=$WORK/podman-$STORE-$round
     POD_RUN=$RUNROOTS/$STORE-$round
-    check "$p podman pull $PROXY/$MULTIARCH_SHORT:$MULTIARCH_TAG (OCI index)" podman_check \
+    check "$p podman pull <proxy>/$MULTIARCH_SHORT:$MULTIARCH_TAG (OCI index)" podman_check \
         "$PROXY/$MULTIARCH_SHORT:$MULTIARCH_TAG" "$MULTIARCH_DIGEST" "$MULTIARCH_CHILD_AMD64" \
         "$MULTIARCH_CHILD_CONFIG_AMD64" "" "/v2/$MULTIARCH_SHORT/manifests/$MULTIARCH_TAG"
     check "$p podman pull docker.io/$DOCKERLIST_REPO:$DOCKERLIST_TAG via registries.conf mirror (Docker list)" \
