@@ -8,6 +8,8 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::access::RepoPattern;
+
 /// Where the cache keeps its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -33,6 +35,8 @@ pub struct UpstreamConfig {
     pub library_prefix: bool,
     /// Per-upstream tag freshness; the global `tag_ttl` when unset.
     pub tag_ttl: Option<Duration>,
+    /// Repositories that may be pulled from this upstream (globs); empty means all.
+    pub allow: Vec<RepoPattern>,
 }
 
 #[derive(Clone, Debug)]
@@ -187,6 +191,8 @@ struct FileUpstream {
     #[serde(default)]
     other_names: Vec<String>,
     library_prefix: Option<bool>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 const BUILTIN_UPSTREAMS: [(&str, &str, &[&str]); 7] = [
@@ -313,6 +319,7 @@ impl Config {
                 password: None,
                 library_prefix: *alias == "docker.io",
                 tag_ttl: None,
+                allow: vec![],
             })
             .collect();
         for u in file.upstream {
@@ -338,6 +345,7 @@ impl Config {
                 password: None,
                 library_prefix: false,
                 tag_ttl: None,
+                allow: vec![],
             });
             alias
         } else {
@@ -425,7 +433,13 @@ fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
         Some(t) => Some(parse_duration(&t).map_err(|e| err(format!("{what} tag_ttl: {e}")))?),
         None => None,
     };
+    let allow = u
+        .allow
+        .iter()
+        .map(|p| RepoPattern::parse(p).map_err(|e| err(format!("{what} allow: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(UpstreamConfig {
+        allow,
         library_prefix: u.library_prefix.unwrap_or(u.alias == "docker.io"),
         alias: u.alias,
         other_names: u.other_names,

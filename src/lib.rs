@@ -8,11 +8,13 @@
 //! - [`upstream`]: the registry client (token auth, redirects, timeouts), one per upstream.
 //! - [`store`]: the store trait, the key scheme, the filesystem store and the S3 store.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
+//! - [`access`]: per-upstream repository allow-lists.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //!
 //! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
 
+pub mod access;
 pub mod cache;
 pub mod config;
 pub mod error;

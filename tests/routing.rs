@@ -362,3 +362,51 @@ async fn the_longest_legal_names_and_tags_work() {
         .await;
     expect_oci_error(resp, 400, "NAME_INVALID").await;
 }
+
+#[tokio::test]
+async fn repositories_outside_the_allow_list_are_denied_before_any_call() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let ok = push_oci_index(&up, "team/app", "v1", 80);
+    push_oci_index(&up, "other/app", "v1", 81);
+    let toml = format!(
+        "{}allow = [\"team/*\", \"library/**\"]\n",
+        local_config(&up.url())
+    );
+    let proxy = Proxy::with_config(&toml).await;
+    let resp = proxy
+        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+    assert_eq!(
+        header(&resp, "docker-content-digest"),
+        Some(ok.index.digest.as_str())
+    );
+
+    up.clear_requests();
+    let files_before = proxy.all_files();
+    let blob = &ok.amd64.blob_digests()[0];
+    for path in [
+        "/v2/other/app/manifests/v1".to_owned(),
+        "/v2/team/app/nested/manifests/v1".to_owned(),
+        format!("/v2/other/app/blobs/{blob}"),
+        "/v2/other/app/tags/list".to_owned(),
+        format!("/v2/other/app/referrers/{blob}"),
+        "/v2/local/other/app/manifests/v1".to_owned(),
+    ] {
+        let msg = expect_oci_error(
+            proxy.get(&path, Some(DOCKER_CLIENT_ACCEPT)).await,
+            403,
+            "DENIED",
+        )
+        .await;
+        assert!(msg.contains("allow-list"), "{path}: {msg}");
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a denied request reached the upstream"
+    );
+    assert_eq!(
+        proxy.all_files(),
+        files_before,
+        "a denied request changed the store"
+    );
+}

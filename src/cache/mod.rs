@@ -233,6 +233,16 @@ impl Registry {
         } else {
             repo
         };
+        if !crate::access::allowed(&upstream.config().allow, repo.as_str()) {
+            return Err(Error::new(
+                axum::http::StatusCode::FORBIDDEN,
+                Code::Denied,
+                format!(
+                    "repository {repo} is not in the allow-list of upstream {}",
+                    upstream.alias()
+                ),
+            ));
+        }
         Ok(Target {
             upstream,
             repo,
