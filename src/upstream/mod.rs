@@ -6,6 +6,7 @@
 //! retry for connection failures. It knows nothing about caching.
 
 pub mod auth;
+pub mod guard;
 
 use std::time::Duration;
 
@@ -84,6 +85,8 @@ const MAX_TOKEN_BODY: u64 = 64 * 1024;
 
 pub struct Upstream {
     config: UpstreamConfig,
+    /// The configured host is public: then so must be every host it sends us to (see [`guard`]).
+    public: bool,
     http: reqwest::Client,
     tokens: TokenCache,
     /// The token realm and service of the last Bearer challenge: with it, a request for a new
@@ -94,13 +97,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig, global: &Config) -> Result<Upstream, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let public = guard::is_public_upstream(&config.url);
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(global.connect_timeout)
             .read_timeout(global.read_timeout)
-            .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("pullthrough/", env!("CARGO_PKG_VERSION")));
+        if public {
+            builder = builder.dns_resolver(std::sync::Arc::new(guard::PublicOnlyResolver));
+        }
+        let http = builder.build()?;
         Ok(Upstream {
+            public,
             config,
             http,
             tokens: TokenCache::default(),
@@ -400,6 +408,9 @@ impl Upstream {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(self.invalid(format!("token realm {realm:?} is not http(s)")));
         }
+        if self.public {
+            guard::check_url(&url).map_err(|e| self.invalid(format!("token realm: {e}")))?;
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -487,6 +498,9 @@ impl Upstream {
             }
             if url.scheme() == "https" && next.scheme() == "http" {
                 return Err(self.invalid("redirect from https to plain http refused"));
+            }
+            if self.public {
+                guard::check_url(&next).map_err(|e| self.invalid(e))?;
             }
             url = next;
         }
