@@ -39,6 +39,14 @@ pub struct UpstreamConfig {
     pub allow: Vec<RepoPattern>,
 }
 
+/// Client authentication as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientAuthSetting {
+    None,
+    /// The text of an htpasswd file (validated: bcrypt entries only).
+    Htpasswd(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -60,6 +68,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// Budget of the in-memory cache of immutable manifests by digest.
     pub memory_cache_bytes: usize,
+    /// Client authentication.
+    pub auth: ClientAuthSetting,
+    /// Signing key for client tokens (`PULLTHROUGH_TOKEN_KEY`).
+    pub token_key: Option<String>,
     /// How to reach the bucket of an `s3://` store (the `[s3]` table); unused by the filesystem
     /// store.
     pub s3: S3Settings,
@@ -125,9 +137,13 @@ pub struct Settings {
     /// Lifetime of presigned blob URLs (S3 store), e.g. 15m.
     #[arg(long, env = "PULLTHROUGH_PRESIGN_TTL")]
     pub presign_ttl: Option<String>,
-    /// Client authentication: `none` (the only mode of this version).
+    /// Client authentication: `none`, or the path of an htpasswd file with bcrypt entries.
     #[arg(long, env = "PULLTHROUGH_AUTH")]
     pub auth: Option<String>,
+    /// Key that signs client tokens (32+ characters); set the same on every instance so tokens
+    /// are accepted by all. Random per process when unset.
+    #[arg(long, env = "PULLTHROUGH_TOKEN_KEY", hide_env_values = true)]
+    pub token_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,10 +319,21 @@ impl Config {
             .clone()
             .or(file.auth)
             .unwrap_or_else(|| "none".into());
-        if auth != "none" {
-            return Err(err(format!(
-                "PULLTHROUGH_AUTH: {auth:?} is not supported by this version; use \"none\""
-            )));
+        let auth = if auth == "none" {
+            ClientAuthSetting::None
+        } else {
+            let text = std::fs::read_to_string(&auth).map_err(|e| {
+                err(format!(
+                    "PULLTHROUGH_AUTH: cannot read htpasswd file {auth:?}: {e} (use \"none\" to turn client auth off)"
+                ))
+            })?;
+            crate::access::Htpasswd::parse(&text)
+                .map_err(|e| err(format!("PULLTHROUGH_AUTH: htpasswd file {auth:?}: {e}")))?;
+            ClientAuthSetting::Htpasswd(text)
+        };
+        let token_key = s.token_key.clone();
+        if token_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err(err("PULLTHROUGH_TOKEN_KEY: use at least 32 characters"));
         }
 
         let mut upstreams: Vec<UpstreamConfig> = BUILTIN_UPSTREAMS
@@ -394,6 +421,8 @@ impl Config {
             request_timeout,
             read_timeout,
             memory_cache_bytes: file.memory_cache_bytes.unwrap_or(64 * 1024 * 1024),
+            auth,
+            token_key,
             s3: match file.s3 {
                 Some(f) => s3_from_file(f)?,
                 None => S3Settings::default(),

@@ -56,9 +56,17 @@ pub fn app(
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
 ) -> Result<axum::Router, String> {
+    let auth = match &config.auth {
+        config::ClientAuthSetting::None => None,
+        config::ClientAuthSetting::Htpasswd(text) => {
+            let users = access::Htpasswd::parse(text)?;
+            let key = config.token_key.as_ref().map(|k| k.as_bytes().to_vec());
+            Some(Arc::new(access::ClientAuth::new(users, key)?))
+        }
+    };
     let store = Arc::new(store::counted::Counted::new(store));
     let registry = Registry::new(config, store, clock).map_err(|e| e.message)?;
-    Ok(http::router(registry))
+    Ok(http::router(registry, auth))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

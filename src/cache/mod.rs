@@ -191,6 +191,11 @@ impl Registry {
         &self.config
     }
 
+    /// The registry's clock, in Unix milliseconds (tests move it forward).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// Picks the upstream for a request: `?ns=` first, then a path prefix naming a configured
     /// upstream, then the default. Applies Docker Hub's `library/` rule.
     pub fn resolve(&self, name: &RepoName, ns: Option<&str>) -> Result<Target, Error> {

@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
+use crate::access::ClientAuth;
 use crate::cache::{BlobAnswer, Registry, RelayAnswer};
 use crate::error::{Code, Error};
 use crate::oci::{ClientAccept, Digest, Tag};
@@ -24,11 +25,24 @@ use path::Endpoint;
 /// Longest query string looked at; longer ones are refused.
 const MAX_QUERY_LEN: usize = 4096;
 
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
+/// What every handler can reach.
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    /// Client authentication; `None` when off.
+    auth: Option<Arc<ClientAuth>>,
+}
+
+pub fn router(registry: Arc<Registry>, auth: Option<Arc<ClientAuth>>) -> Router {
+    let state = AppState { registry, auth };
+    let api = Router::new()
         .route("/v2", any(base))
         .route("/v2/", any(base))
         .route("/v2/{*rest}", any(dispatch))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .merge(api)
+        .route("/token", any(token))
         .fallback(|| async {
             Error::not_found(
                 Code::Unsupported,
@@ -36,7 +50,113 @@ pub fn router(registry: Arc<Registry>) -> Router {
             )
         })
         .layer(middleware::from_fn(common_headers))
-        .with_state(registry)
+        .with_state(state)
+}
+
+/// With client auth on, lets through only requests with valid Basic credentials or one of our
+/// tokens; others get 401 and the challenge that starts the token flow.
+async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(auth) = &state.auth else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (auth, now) = (Arc::clone(auth), state.registry.now_ms());
+    // bcrypt is deliberately slow: keep it off the async workers.
+    let ok =
+        tokio::task::spawn_blocking(move || auth.authenticate(header.as_deref(), now).is_some())
+            .await
+            .unwrap_or(false);
+    if ok {
+        return next.run(req).await;
+    }
+    let realm = token_realm(req.headers());
+    let mut resp = Error::new(
+        StatusCode::UNAUTHORIZED,
+        Code::Unauthorized,
+        "authentication required: log in with the user and password of this proxy",
+    )
+    .into_response();
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("Bearer realm=\"{realm}\",service=\"pullthrough\""))
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The absolute URL of our token endpoint as the client reaches us (Host, and
+/// X-Forwarded-Proto behind a TLS-terminating proxy).
+fn token_realm(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let proto = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{proto}://{host}/token")
+}
+
+/// The registry token endpoint: Basic credentials in, a short-lived token out.
+async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(auth) = &state.auth else {
+        return Error::not_found(Code::Unsupported, "client authentication is off").into_response();
+    };
+    let now = state.registry.now_ms();
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim()
+                .strip_prefix("Basic ")
+                .or(v.trim().strip_prefix("basic "))
+        })
+        .and_then(|v| crate::access::decode_basic(v.trim()));
+    let checker = Arc::clone(auth);
+    let user = tokio::task::spawn_blocking(move || {
+        credentials.filter(|(u, p)| checker.check_password(u, p, now))
+    })
+    .await
+    .unwrap_or(None);
+    let Some((user, _)) = user else {
+        let mut resp = Error::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthorized,
+            "a valid user and password are required for a token",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"pullthrough\""),
+        );
+        return resp;
+    };
+    let token = auth.issue_token(&user, now);
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": crate::access::TOKEN_LIFETIME_SECS,
+    });
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Adds `Docker-Distribution-API-Version` and `X-Pullthrough-Store-Calls` to every response and
@@ -87,8 +207,8 @@ fn allow_read(method: &Method) -> Result<(), Error> {
     }
 }
 
-async fn dispatch(State(registry): State<Arc<Registry>>, req: Request) -> Response {
-    match handle(&registry, req).await {
+async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
+    match handle(&state.registry, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
