@@ -9,6 +9,7 @@
 //! - [`store`]: the store trait, the key scheme, the filesystem store and the S3 store.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
 //! - [`access`]: per-upstream repository allow-lists.
+//! - [`verify`]: the `verify` command's check that every stored blob matches its name.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //!
 //! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
@@ -22,6 +23,7 @@ pub mod http;
 pub mod oci;
 pub mod store;
 pub mod upstream;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! The `pullthrough` command: `serve` runs the proxy as an HTTP server.
+//! The `pullthrough` command: `serve` runs the proxy as an HTTP server; `verify` checks that
+//! every blob in the store holds the bytes its name says.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the proxy as an HTTP server (filesystem store by default).
     Serve(Settings),
+    /// Check every object under blobs/ against its digest; exit 1 if any does not match.
+    Verify(Settings),
 }
 
 #[tokio::main]
@@ -26,7 +29,10 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let Command::Serve(settings) = Cli::parse().command;
+    let (settings, verify) = match Cli::parse().command {
+        Command::Serve(s) => (s, false),
+        Command::Verify(s) => (s, true),
+    };
     let config = match Config::load(&settings) {
         Ok(c) => c,
         Err(e) => {
@@ -41,6 +47,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if verify {
+        return run_verify(store.as_ref()).await;
+    }
     let listen = config.listen;
     let router = match pullthrough::app(config, store, Arc::default()) {
         Ok(r) => r,
@@ -68,6 +77,35 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pullthrough: server error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_verify(store: &dyn pullthrough::store::Store) -> ExitCode {
+    match pullthrough::verify::verify(store).await {
+        Ok(report) => {
+            for (key, actual) in &report.bad {
+                println!("BAD {key}: its bytes hash to {actual}");
+            }
+            for key in &report.strange {
+                println!("STRANGE {key}: not named by a digest");
+            }
+            println!(
+                "checked {} blobs ({} bytes): {} bad, {} strange",
+                report.checked,
+                report.bytes,
+                report.bad.len(),
+                report.strange.len()
+            );
+            if report.bad.is_empty() && report.strange.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("pullthrough: verify failed: {e}");
+            ExitCode::from(2)
         }
     }
 }

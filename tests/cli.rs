@@ -1,46 +1,22 @@
 //! The real binary: `pullthrough serve` starts, answers, and refuses bad configuration with a
 //! message that says what to fix.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::ServerProcess;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-}
-
-/// Kills the server when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
 async fn serve_starts_with_the_filesystem_store_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let mut child = Child(
-        bin()
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(&store)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines.next().expect("server exited before serving").unwrap();
-        if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
-            break u.to_owned();
-        }
-    };
-    let resp = reqwest::get(format!("{url}/v2/")).await.unwrap();
+    let server = ServerProcess::start(&["--store", store.to_str().unwrap()]);
+    let resp = reqwest::get(format!("{}/v2/", server.url)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["docker-distribution-api-version"],

@@ -464,6 +464,44 @@ async fn read_lets_a_plain_client_get_the_exact_bytes(h: Harness) {
     assert_eq!(got, bytes);
 }
 
+async fn open_streams_bytes_and_verify_finds_what_does_not_match(h: Harness) {
+    let good = data(11, 3000);
+    h.store
+        .put(&blob_key(&good), good.clone(), "application/octet-stream")
+        .await
+        .unwrap();
+    let mut body = h
+        .store
+        .open(&blob_key(&good))
+        .await
+        .unwrap()
+        .expect("present");
+    let mut got = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, good.to_vec());
+    assert!(h.store.open(&blob_key(b"absent")).await.unwrap().is_none());
+    let report = pullthrough::verify::verify(h.store.as_ref()).await.unwrap();
+    assert_eq!((report.checked, report.bad.len()), (1, 0));
+
+    // A plain put bypasses verification: exactly what verify is there to catch.
+    let named_for = data(12, 100);
+    h.store
+        .put(
+            &blob_key(&named_for),
+            Bytes::from_static(b"other bytes"),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
+    let report = pullthrough::verify::verify(h.store.as_ref()).await.unwrap();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.bad.len(), 1);
+    assert_eq!(report.bad[0].0, blob_key(&named_for).to_string());
+    assert_eq!(report.bad[0].1, common::sha256(b"other bytes"));
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod fs {
@@ -493,6 +531,7 @@ suite!(
     writing_an_existing_blob_key_again_succeeds,
     keys_land_under_the_configured_prefix,
     read_lets_a_plain_client_get_the_exact_bytes,
+    open_streams_bytes_and_verify_finds_what_does_not_match,
 );
 
 // ---------------------------------------------------------------------------------------------

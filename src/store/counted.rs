@@ -75,6 +75,15 @@ impl Store for Counted {
         self.inner.put_stream(key, len_hint, body).await
     }
 
+    async fn open(
+        &self,
+        key: &Key,
+    ) -> Result<Option<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>, StoreError>
+    {
+        note("open", key);
+        self.inner.open(key).await
+    }
+
     fn serves_by_redirect(&self) -> bool {
         self.inner.serves_by_redirect()
     }

@@ -164,6 +164,18 @@ impl Store for FsStore {
         Ok(written)
     }
 
+    async fn open(
+        &self,
+        key: &Key,
+    ) -> Result<Option<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>, StoreError>
+    {
+        match tokio::fs::File::open(self.path(key)).await {
+            Ok(f) => Ok(Some(ReaderStream::new(f).boxed())),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(io_err(key, e)),
+        }
+    }
+
     async fn read(
         &self,
         key: &Key,

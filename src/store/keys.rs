@@ -49,6 +49,11 @@ pub fn blob(digest: &Digest) -> Key {
     ))
 }
 
+/// The "directory" holding every blob of one algorithm, for listing.
+pub fn blobs_prefix(algorithm: crate::oci::digest::Algorithm) -> Key {
+    Key::new(format!("blobs/{}", algorithm.as_str()))
+}
+
 fn repo_root(upstream: &str, repo: &RepoName) -> String {
     format!("repos/{upstream}/{repo}")
 }

@@ -79,6 +79,13 @@ pub trait Store: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<u64, StoreError>;
 
+    /// The object's bytes as a stream, or `None` when absent (for `verify`; clients use
+    /// [`Store::read`]).
+    async fn open(
+        &self,
+        key: &Key,
+    ) -> Result<Option<BoxStream<'static, std::io::Result<Bytes>>>, StoreError>;
+
     /// True when [`Store::read`] answers with redirects (the client fetches the bytes from the
     /// store itself), so blob bytes should not pass through the proxy, not even on a miss.
     fn serves_by_redirect(&self) -> bool {

@@ -397,6 +397,31 @@ impl Store for S3Store {
         }
     }
 
+    async fn open(
+        &self,
+        key: &Key,
+    ) -> Result<Option<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>, StoreError>
+    {
+        let k = self.object_key(key);
+        tracing::debug!(op = "GetObject", key = %k);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        };
+        let reader = out.body.into_async_read();
+        Ok(Some(tokio_util::io::ReaderStream::new(reader).boxed()))
+    }
+
     fn serves_by_redirect(&self) -> bool {
         true
     }

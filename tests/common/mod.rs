@@ -272,3 +272,51 @@ pub async fn expect_oci_error(resp: reqwest::Response, status: u16, code: &str) 
     assert_eq!(first["code"], code, "body: {body}");
     first["message"].as_str().unwrap_or_default().to_owned()
 }
+
+/// The real `pullthrough` binary running `serve`, killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `pullthrough serve --listen 127.0.0.1:0 <args>` and waits for it to say where it
+    /// listens.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn pullthrough");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("pullthrough exited before serving")
+                .expect("read stderr");
+            if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
+                break u.to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { child, url }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
