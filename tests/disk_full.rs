@@ -9,7 +9,8 @@ use std::process::Command;
 
 use common::*;
 
-struct Tmpfs(PathBuf, tempfile::TempDir);
+/// A mounted tmpfs; the temp dir holding the mount point lives as long as it.
+struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
