@@ -1,0 +1,132 @@
+//! Bounded load on loopback (fixed request counts; stops by itself): a warm cache answers every
+//! one of 20,000 requests at concurrency 64 correctly, and 100 concurrent cold pulls of one image
+//! fetch each blob and manifest from the upstream once. Figures are printed (`--nocapture`) and
+//! recorded in bench/RESULTS.md; nothing here is timed.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use futures_util::StreamExt;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The requests of one image pull: (path, expected digest of the body).
+fn pull_plan(repo: &str, img: &MultiArch) -> Vec<(String, String)> {
+    let mut plan = vec![
+        (format!("/v2/{repo}/manifests/v1"), img.index.digest.clone()),
+        (
+            format!("/v2/{repo}/manifests/{}", img.amd64.digest),
+            img.amd64.digest.clone(),
+        ),
+    ];
+    for d in img.amd64.blob_digests() {
+        plan.push((format!("/v2/{repo}/blobs/{d}"), d));
+    }
+    plan
+}
+
+async fn check(http: &reqwest::Client, base: &str, path: &str, expected: &str, head: bool) {
+    let url = format!("{base}{path}");
+    let req = if head { http.head(url) } else { http.get(url) };
+    let resp = req
+        .header("accept", DOCKER_CLIENT_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    assert_eq!(
+        header(&resp, "docker-content-digest"),
+        Some(expected),
+        "{path}"
+    );
+    let body = resp.bytes().await.unwrap();
+    if !head {
+        assert_eq!(sha256(&body), expected, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_cache_answers_20000_requests_at_concurrency_64_correctly() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 300);
+    let proxy = Proxy::start(&up).await;
+    let plan = Arc::new(pull_plan("team/app", &img));
+    for (path, d) in plan.iter() {
+        check(&proxy.http, &proxy.url, path, d, false).await;
+    }
+    up.clear_requests();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let before = rss_kib();
+    let base = proxy.url.clone();
+    let total = 20_000usize;
+    futures_util::stream::iter(0..total)
+        .map(|i| {
+            let (http, base, plan) = (http.clone(), base.clone(), Arc::clone(&plan));
+            async move {
+                let (path, d) = &plan[i % plan.len()];
+                check(&http, &base, path, d, i % 7 == 0).await;
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let after = rss_kib();
+    println!(
+        "warm load: {total} requests at concurrency 64, all correct; test process RSS {before} KiB -> {after} KiB"
+    );
+    assert!(
+        up.requests().is_empty(),
+        "a warm request reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_concurrent_cold_pulls_fetch_everything_once() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 301);
+    let proxy = Proxy::start(&up).await;
+    let plan = Arc::new(pull_plan("team/app", &img));
+    let http = reqwest::Client::new();
+    let base = proxy.url.clone();
+    let pulls: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, base, plan) = (http.clone(), base.clone(), Arc::clone(&plan));
+            tokio::spawn(async move {
+                for (path, d) in plan.iter() {
+                    check(&http, &base, path, d, false).await;
+                }
+            })
+        })
+        .collect();
+    for p in pulls {
+        p.await.unwrap();
+    }
+    assert_eq!(up.count_authorized("GET", "/manifests/v1"), 1);
+    assert_eq!(
+        up.count_authorized("GET", &format!("/manifests/{}", img.amd64.digest)),
+        1
+    );
+    for d in img.amd64.blob_digests() {
+        assert_eq!(
+            up.count_authorized("GET", &format!("/blobs/{d}")),
+            1,
+            "blob {d}"
+        );
+    }
+    println!(
+        "cold load: 100 concurrent pulls, {} upstream requests in all",
+        up.requests().len()
+    );
+}
