@@ -49,36 +49,17 @@ impl Registry {
         accept: &ClientAccept,
     ) -> Result<ManifestAnswer, Error> {
         let key = keys::tag(target.alias(), &target.repo, tag);
-        let pointer = match self.tags.get(key.as_str()) {
-            Some(p) => Some(p),
-            None => self.read_json::<TagPointer>(&key).await?,
-        };
-        let Some(pointer) = pointer else {
+        let Some(pointer) = self.load_pointer(&key).await? else {
             return self.fetch_tag(target, tag, accept).await;
         };
         let Ok(digest) = Digest::parse(&pointer.digest) else {
             return self.fetch_tag(target, tag, accept).await;
         };
-        let age = self.clock.now_ms().saturating_sub(pointer.checked_at);
-        if u128::from(age) < self.tag_ttl(target).as_millis() {
-            if let Some(bytes) = verified_inline(pointer.manifest.as_ref(), &digest) {
-                // The pointer is written after the marker, so the repository holds this digest.
-                self.manifests.insert(
-                    &target.scoped_name(),
-                    &digest,
-                    bytes.clone(),
-                    &pointer.media_type,
-                );
-                self.tags.insert(key.as_str(), pointer.clone());
-                return Ok(ManifestAnswer {
-                    bytes,
-                    media_type: pointer.media_type,
-                    digest,
-                    warning: None,
-                });
-            }
-            self.tags.insert(key.as_str(), pointer.clone());
-            return match self.cached_manifest(target, &digest).await? {
+        if self.is_fresh(target, &pointer) {
+            return match self
+                .answer_from_pointer(target, &key, pointer, &digest)
+                .await?
+            {
                 Some(a) => Ok(a),
                 None => self.fetch_tag(target, tag, accept).await,
             };
@@ -118,6 +99,47 @@ impl Registry {
         }
     }
 
+    /// A tag pointer, from memory or the store.
+    async fn load_pointer(&self, key: &crate::store::Key) -> Result<Option<TagPointer>, Error> {
+        match self.tags.get(key.as_str()) {
+            Some(p) => Ok(Some(p)),
+            None => self.read_json::<TagPointer>(key).await,
+        }
+    }
+
+    fn is_fresh(&self, target: &Target, pointer: &TagPointer) -> bool {
+        let age = self.clock.now_ms().saturating_sub(pointer.checked_at);
+        u128::from(age) < self.tag_ttl(target).as_millis()
+    }
+
+    /// The manifest a fresh pointer names: its inline copy, or the cached manifest; `None` when
+    /// neither is available (then the tag is fetched again).
+    async fn answer_from_pointer(
+        &self,
+        target: &Target,
+        key: &crate::store::Key,
+        pointer: TagPointer,
+        digest: &Digest,
+    ) -> Result<Option<ManifestAnswer>, Error> {
+        self.tags.insert(key.as_str(), pointer.clone());
+        if let Some(bytes) = verified_inline(pointer.manifest.as_ref(), digest) {
+            // The pointer is written after the marker, so the repository holds this digest.
+            self.manifests.insert(
+                &target.scoped_name(),
+                digest,
+                bytes.clone(),
+                &pointer.media_type,
+            );
+            return Ok(Some(ManifestAnswer {
+                bytes,
+                media_type: pointer.media_type,
+                digest: digest.clone(),
+                warning: None,
+            }));
+        }
+        self.cached_manifest(target, digest).await
+    }
+
     /// The cached manifest with a `Warning`, or the upstream's error when nothing is cached.
     async fn stale(
         &self,
@@ -150,6 +172,17 @@ impl Registry {
         let upstream_accept = accept.upstream_header();
         self.manifest_flights
             .run(flight_key, async move {
+                // A flight that ended just before this one started may have moved the pointer:
+                // then there is nothing to fetch (this closes the gap between a caller's pointer
+                // read and its flight).
+                let key = keys::tag(target.alias(), &target.repo, &tag);
+                if let Some(p) = this.load_pointer(&key).await?
+                    && this.is_fresh(&target, &p)
+                    && let Ok(d) = Digest::parse(&p.digest)
+                    && let Some(a) = this.answer_from_pointer(&target, &key, p, &d).await?
+                {
+                    return Ok(a);
+                }
                 let answer = this
                     .fetch_and_store(&target, tag.as_str(), &upstream_accept, None)
                     .await?;
@@ -161,7 +194,6 @@ impl Registry {
                         checked_at: this.clock.now_ms(),
                         manifest: inline_copy(&answer.bytes),
                     };
-                    let key = keys::tag(target.alias(), &target.repo, &tag);
                     this.write_json(&key, &pointer).await?;
                     this.tags.insert(key.as_str(), pointer);
                 }
@@ -190,6 +222,9 @@ impl Registry {
         };
         self.manifest_flights
             .run(flight_key, async move {
+                if let Some(a) = this.cached_manifest(&target, &digest).await? {
+                    return Ok(a);
+                }
                 this.fetch_and_store(
                     &target,
                     &digest.to_string(),
