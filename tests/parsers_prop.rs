@@ -47,6 +47,15 @@ proptest! {
     }
 
     #[test]
+    fn manifest_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048), json in "\\{\"(mediaType|manifests|platform|digest)\":[\\[\\{\"a-z0-9:,\\]\\}]{0,200}") {
+        let accept = ClientAccept::parse(["application/vnd.oci.image.manifest.v1+json"]);
+        for doc in [bytes.as_slice(), json.as_bytes()] {
+            prop_assert!(!pullthrough::oci::media::manifest_media_type(None, doc).is_empty());
+            let _ = pullthrough::oci::media::default_platform_child(doc, &accept);
+        }
+    }
+
+    #[test]
     fn parsed_paths_never_hold_traversal(s in "[a-z0-9./%:_-]{0,20}(/[a-z0-9./%:_-]{0,20}){0,6}") {
         let parsed = path::parse(&s);
         if let Ok(ep) = parsed {
