@@ -144,6 +144,10 @@ def main():
                  fmt(mib("dist.rss_fill_kib"), " MiB", 1), "n/a" if r is None else f"{r:.2f}",
                  "≤ 96 MiB (64 + 4 × 8)",
                  "n/a" if pt_fill is None else ("met" if pt_fill <= 96 else "**missed**")))
+    mm = mib("pt.rss_fill_mmap_kib")
+    if mm is not None:
+        rows.append((f"  same, pullthrough with MALLOC_MMAP_THRESHOLD_=1048576 (glibc), MiB",
+                     fmt(mm, " MiB", 1), "", "", "≤ 96 MiB", "met" if mm <= 96 else "**missed**"))
     ratio_row(f"cold pull of the {a.huge_mib} MiB image, s", med("pt.cold_huge"), med("dist.cold_huge"), " s", 2)
 
     try:

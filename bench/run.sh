@@ -7,7 +7,8 @@
 #   bash bench/run.sh            # from the repository root, as root on Debian 12
 #
 # Environment:
-#   BENCH_REPS=3                 cold and warm repetitions (medians are reported)
+#   BENCH_REPS=3                 cold repetitions, each on a fresh store (medians are reported)
+#   BENCH_WARM_REPS=5            warm repetitions (median)
 #   BENCH_REQUESTS=5000          manifest GETs per latency run (by tag, by digest)
 #   BENCH_CONCURRENCY=16         concurrent manifest GETs
 #   BENCH_HUGE_MIB=1024          size of the big-blob fixture (peak RSS while filling it)
@@ -26,6 +27,7 @@ REPO_ROOT=$PWD
 E2E_DIR=$REPO_ROOT/tests/e2e
 BENCH_DIR=$REPO_ROOT/bench
 REPS=${BENCH_REPS:-3}
+WARM_REPS=${BENCH_WARM_REPS:-5}
 REQUESTS=${BENCH_REQUESTS:-5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-16}
 HUGE_MIB=${BENCH_HUGE_MIB:-1024}
@@ -184,8 +186,10 @@ force_path_style = true
 region = "$S3_REGION"
 EOF
     echo "==== run $RUN_N ====" >>"$PROXY_LOG"
-    NO_COLOR=1 RUST_LOG=info start_bg "pullthrough on $PROXY (store s3://$S3_BUCKET/p$RUN_N)" "$PROXY_LOG" \
-        "$BIN" serve --listen "$PROXY" --store "s3://$S3_BUCKET/p$RUN_N" --config "$WORK/pullthrough.toml"
+    # PT_ENV: extra environment (the allocator experiment below).
+    # shellcheck disable=SC2086
+    NO_COLOR=1 RUST_LOG=info start_bg "pullthrough on $PROXY (store s3://$S3_BUCKET/p$RUN_N) ${PT_ENV:-}" "$PROXY_LOG" \
+        env ${PT_ENV:-} "$BIN" serve --listen "$PROXY" --store "s3://$S3_BUCKET/p$RUN_N" --config "$WORK/pullthrough.toml"
     PROXY_PID=$LAST_PID
     wait_http "http://$PROXY/v2/" "$PROXY_PID" pullthrough
 }
@@ -309,7 +313,7 @@ bench_proxy() {
         if ((rep < REPS)); then proxy_stop; fi
     done
     # warm: the same process as the last cold round
-    for i in $(seq "$REPS"); do
+    for i in $(seq "$WARM_REPS"); do
         mark
         t=$(pull "$PROXY/$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$WORK/out/$k")
         echo "$t" >>"$RES/$k.warm_many"
@@ -367,13 +371,26 @@ bench_proxy() {
 
 # Context: the same pulls straight from the upstream (no proxy).
 STAGE="direct pulls from the upstream"
-for i in $(seq "$REPS"); do
+for i in $(seq "$WARM_REPS"); do
     pull "$UP/$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$WORK/out/direct" >>"$RES/direct.warm_many"
     pull "$UP/$BIG_REPO:$BIG_TAG" "$WORK/out/direct" >>"$RES/direct.warm_big"
 done
 log "direct from the upstream: manylayers $(paste -sd' ' "$RES/direct.warm_many"), big $(paste -sd' ' "$RES/direct.warm_big")"
 
 bench_proxy pt
+
+# The same fill with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_ disables its
+# dynamic growth): whether pullthrough's peak RSS is its buffers or the allocator keeping freed
+# part buffers resident (bench/RESULTS.md).
+STAGE="pt: peak RSS with MALLOC_MMAP_THRESHOLD_=1048576"
+PT_ENV="MALLOC_MMAP_THRESHOLD_=1048576" pt_start
+t=$(pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/pt")
+settle
+put pt.cold_huge_mmap "$t"
+put pt.rss_fill_mmap_kib "$(vmhwm "$PROXY_PID")"
+log "pt (MALLOC_MMAP_THRESHOLD_=1048576) $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt.rss_fill_mmap_kib") KiB"
+proxy_stop
+
 bench_proxy dist
 
 STAGE="lambda init"
@@ -390,7 +407,7 @@ STAGE="report"
     echo "# pullthrough benchmark"
     echo
     echo "- date: $STARTED_DATE; took $((SECONDS - STARTED_AT)) s"
-    echo "- command: \`bash bench/run.sh\` (BENCH_REPS=$REPS BENCH_REQUESTS=$REQUESTS BENCH_CONCURRENCY=$CONCURRENCY BENCH_HUGE_MIB=$HUGE_MIB)"
+    echo "- command: \`bash bench/run.sh\` (BENCH_REPS=$REPS BENCH_WARM_REPS=$WARM_REPS BENCH_REQUESTS=$REQUESTS BENCH_CONCURRENCY=$CONCURRENCY BENCH_HUGE_MIB=$HUGE_MIB)"
     echo "- commit: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(free -h | awk '/^Mem:/ {print $2}') memory ($(free -h | awk '/^Mem:/ {print $7}') available); $(uname -sr)"
     echo "- versions: pullthrough $(git -C "$REPO_ROOT" describe --always 2>/dev/null), $(docker-registry --version | awk '{print $2, $3}'), s3s-fs $S3FS_VERSION, skopeo $(skopeo --version | awk '{print $3}')"
