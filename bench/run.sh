@@ -75,8 +75,12 @@ mkdir -p "$WORK/res" "$WORK/out"
 RES=$WORK/res # one file per figure: $RES/<proxy>.<name>
 log "work directory $WORK"
 # The watchdog: the whole run is bounded; the TERM runs the EXIT trap (everything stopped).
+# Its own sleep is stopped with it (a TERM to the subshell alone would leave the sleep behind).
 (
-    sleep "$MAX_SECONDS"
+    trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+    sleep "$MAX_SECONDS" &
+    sp=$!
+    wait "$sp"
     echo "bench: stopped after ${MAX_SECONDS}s (BENCH_MAX_SECONDS)" >&2
     kill -TERM $$
 ) &
