@@ -6,7 +6,7 @@
 #   bash tests/e2e/run.sh                 # from the repository root; installs what it needs (apt)
 #
 # Environment:
-#   PULLTHROUGH_E2E_STORES  stores to test, space separated (default "fs"; "s3" is a stub, below)
+#   PULLTHROUGH_E2E_STORES  stores to test, space separated (default "fs s3"; s3 runs s3s-fs)
 #   PULLTHROUGH_E2E_KEEP=1  keep the work directory (logs, stores) instead of removing it
 #   PULLTHROUGH_E2E_TMPDIR  where the work directory is made (default /var/tmp)
 #   CARGO_TARGET_DIR        as for cargo; the binary is $CARGO_TARGET_DIR/release/pullthrough
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO_ROOT=$PWD
 E2E_DIR=$REPO_ROOT/tests/e2e
-STORES=${PULLTHROUGH_E2E_STORES:-fs}
+STORES=${PULLTHROUGH_E2E_STORES:-fs s3}
 KEEP=${PULLTHROUGH_E2E_KEEP:-0}
 STARTED_AT=$SECONDS
 
@@ -29,7 +29,6 @@ SUMMARY_DONE=0
 STAGE="start"
 WORK=""
 RUNROOTS=""          # podman wants a runroot path of at most 50 characters: a short dir in /tmp
-PIDS=()              # every background process this script started
 POLICY_RC_GUARD=0    # 1 when we wrote /usr/sbin/policy-rc.d for the apt install
 VLC_EXISTED=1        # whether /var/lib/containers existed before (c/image's blob info cache)
 [[ -e /var/lib/containers ]] || VLC_EXISTED=0
@@ -41,9 +40,14 @@ TOKEN_ISSUER="e2e-token-issuer"
 SECURE_REPO="e2e/private"
 
 log() { echo "-- $*"; }
-# No client may hang the run: every client call has a time limit.
+# start_bg, stop_pid, wait_http, free_ports, registry_config, s3s-fs (also used by bench/run.sh)
+# shellcheck source=tests/e2e/lib.sh
+source "$E2E_DIR/lib.sh"
+# No client may hang the run: every client call has a time limit. Redirects are followed: with
+# the S3 store, blob GETs answer 307 to a presigned URL on the S3 server (bodies, codes and
+# headers checked below are those of the final response; -D files hold every response's).
 CLIENT_TIMEOUT=300
-curl() { command curl --max-time 120 "$@"; }
+curl() { command curl -L --max-time 120 "$@"; }
 elapsed() { echo "$((SECONDS - STARTED_AT))s"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -79,58 +83,10 @@ fail_now() {
     [[ -z ${2:-} ]] || echo "    | $2"
 }
 
-# start_bg NAME LOGFILE COMMAND...: starts a background process, appending to LOGFILE; its PID is
-# left in LAST_PID and remembered for teardown.
-start_bg() {
-    local name=$1 logf=$2
-    shift 2
-    "$@" >>"$logf" 2>&1 </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    log "started $name (pid $LAST_PID)"
-}
-
-# stop_pid PID: TERM, up to 5 s, then KILL; always reaps it.
-stop_pid() {
-    local pid=$1 i state
-    [[ -n $pid ]] || return 0
-    if kill -TERM "$pid" 2>/dev/null; then
-        for i in $(seq 50); do
-            state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
-            [[ $state == gone || $state == Z ]] && break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    local rest=()
-    for i in "${PIDS[@]}"; do [[ $i == "$pid" ]] || rest+=("$i"); done
-    PIDS=("${rest[@]}")
-}
-
-# wait_http URL PID NAME: polls URL until anything answers (bounded: 30 s), the process must live.
-wait_http() {
-    local url=$1 pid=$2 name=$3 i code
-    for i in $(seq 300); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name (pid $pid) exited while starting" >&2
-            return 1
-        fi
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
-        [[ $code == 000 || -z $code ]] || return 0
-        sleep 0.1
-    done
-    echo "$name did not answer on $url within 30 s" >&2
-    return 1
-}
-
 # Never fails: every step is attempted.
 teardown() {
-    local pid m
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[i]}
-        stop_pid "$pid" || true
-    done
+    local m
+    stop_all
     if [[ $POLICY_RC_GUARD == 1 ]]; then
         rm -f /usr/sbin/policy-rc.d || true
         POLICY_RC_GUARD=0
@@ -248,6 +204,18 @@ BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pullthrough
 [[ -x $BIN ]]
 log "built $BIN ($(elapsed))"
 
+# The S3 store is tested against s3s-fs (an S3-compatible server over a directory, SigV4 checked
+# on headers and presigned URLs): installed with cargo into $CARGO_HOME/bin only if missing.
+if [[ " $STORES " == *" s3 "* ]]; then
+    STAGE="installing s3s-fs"
+    if ensure_s3s_fs "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/s3s-fs-install" >"$WORK/s3s-fs-install.log" 2>&1; then
+        log "s3s-fs: $S3FS_BIN ($(elapsed))"
+    else
+        S3FS_BIN=""
+        log "s3s-fs could not be installed (the s3 store will FAIL): $(tail -n 3 "$WORK/s3s-fs-install.log")"
+    fi
+fi
+
 # ---------------------------------------------------------------------------------------------
 # 2. Fixtures (offline)
 # ---------------------------------------------------------------------------------------------
@@ -269,14 +237,7 @@ fx() {
 # ---------------------------------------------------------------------------------------------
 
 STAGE="starting the upstream registries"
-read -r P_UP P_SEC P_TOK P_PROXY P_DEAD < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])
-for s in socks:
-    s.close()')
+read -r P_UP P_SEC P_TOK P_PROXY P_DEAD P_S3 < <(free_ports 6)
 UP=127.0.0.1:$P_UP
 SEC=127.0.0.1:$P_SEC
 PROXY=127.0.0.1:$P_PROXY
@@ -314,25 +275,6 @@ insecure = true
 EOF
 export CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf
 sk() { timeout "$CLIENT_TIMEOUT" skopeo --policy "$WORK/policy.json" "$@"; }
-
-registry_config() { # FILE PORT DATA_DIR [AUTH_YAML]
-    cat >"$1" <<EOF
-version: 0.1
-log:
-  level: info
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $3
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$2
-  secret: pullthrough-e2e-not-a-secret
-${4:-}
-EOF
-}
 
 registry_config "$WORK/upstream.yml" "$P_UP" "$WORK/upstream-data"
 start_upstream() {
@@ -472,22 +414,28 @@ store_up_fs() {
 }
 store_down_fs() { :; }
 
-# ============================== S3 HOOK (not implemented here) ================================
-# The S3 store (PULLTHROUGH_STORE=s3://bucket/prefix, an [s3] table with `endpoint` and
-# `force_path_style`) is being added separately. To test it, implement store_up_s3:
-#   - install/start a local S3-compatible server on 127.0.0.1:<free port> with start_bg (its PID
-#     is then stopped at teardown), wait for it with wait_http, create a bucket;
-#   - export the credentials the server accepts (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-#     AWS_REGION);
-#   - PT_STORE="s3://pullthrough-e2e/run-$$"
-#     PT_STORE_TOML=$'[s3]\nendpoint = "http://127.0.0.1:<port>"\nforce_path_style = true\n'
-# and stop the server in store_down_s3. Then: PULLTHROUGH_E2E_STORES="fs s3" bash tests/e2e/run.sh
+# The S3 store: s3s-fs on 127.0.0.1:$P_S3 over $WORK/s3 (the bucket is a directory there), a key
+# prefix per run, credentials in the environment as in production (the AWS credential chain).
+# Blob GETs then answer 307 to a presigned URL on s3s-fs, which every client follows.
 store_up_s3() {
-    echo "the S3 store mode of the end-to-end tests is not implemented yet (tests/e2e/run.sh: store_up_s3)"
-    return 1
+    [[ -n ${S3FS_BIN:-} ]] || { echo "no s3s-fs binary (see $WORK/s3s-fs-install.log)"; return 1; }
+    S3_ROOT=$WORK/s3
+    S3_LOG=$WORK/s3s-fs.log
+    start_s3s_fs "$S3_ROOT" "$P_S3" "$S3_LOG"
+    S3_PID=$S3FS_PID
+    export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_REGION=$S3_REGION
+    unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3
+    # Keys are <bucket>/e2e/repos/<upstream>/<repo>/_referrers/sha256/<64 hex>: the longest here
+    # (secure.local/e2e/private) is ~125 bytes, under s3s-fs 0.14's ~155.
+    PT_STORE="s3://$S3_BUCKET/e2e"
+    PT_STORE_TOML=$(printf '[s3]\nendpoint = "http://127.0.0.1:%s"\nforce_path_style = true\nregion = "%s"\n' \
+        "$P_S3" "$S3_REGION")
 }
-store_down_s3() { :; }
-# ==============================================================================================
+store_down_s3() {
+    stop_pid "${S3_PID:-}"
+    S3_PID=""
+    unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
+}
 
 write_proxy_config() { # FILE
     cat >"$1" <<EOF
@@ -750,6 +698,24 @@ blob_range() {
     # HEAD: the size, no body
     curl -sSf -I "http://$PROXY/v2/$BIG_REPO/blobs/$layer" | tr -d '\r' |
         grep -i "^content-length: $BIG_LAYER_SIZE$"
+}
+
+blob_redirect_s3() {
+    # S3 store: a cached blob GET is a 307 to a presigned GET on the S3 server (no bytes through
+    # the proxy), which serves the blob without credentials; the bare URL is refused.
+    local layer code loc
+    layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' \
+        "$BIG_PATH/blobs/sha256/${BIG_DIGEST#sha256:}")
+    code=$(command curl --max-time 30 -s -o /dev/null -D "$CUR_OUT.h" -w '%{http_code}' \
+        "http://$PROXY/v2/$BIG_REPO/blobs/$layer")
+    cat "$CUR_OUT.h"
+    [[ $code == 307 ]]
+    loc=$(tr -d '\r' <"$CUR_OUT.h" | awk -F': ' 'tolower($1) == "location" {print $2}')
+    [[ $loc == "http://127.0.0.1:$P_S3/$S3_BUCKET/e2e/blobs/sha256/${layer#sha256:}?"*X-Amz-Signature=* ]]
+    [[ sha256:$(command curl -sSf --max-time 120 "$loc" | sha256sum | cut -d' ' -f1) == "$layer" ]]
+    code=$(command curl -s -o /dev/null -w '%{http_code}' --max-time 30 "${loc%%\?*}")
+    echo "unsigned GET of the object: $code"
+    [[ $code == 403 ]]
 }
 
 referrers_json_error() {
@@ -1030,6 +996,10 @@ test_store() {
     check "$p cold: token-auth upstream used the configured credentials (pull scope)" secure_token_used
     check "$p Docker-Content-Digest is the sha256 of the body" digest_header_matches_body
     check "$p blob Range request (206, right bytes) and HEAD (size)" blob_range
+    if [[ $STORE == s3 ]]; then
+        check "$p blob GET: 307 to a presigned URL on the S3 server, which serves the bytes" \
+            blob_redirect_s3
+    fi
     check "$p uncached blob: HEAD without copying, Range GET copies once (206)" cold_blob_range
     check "$p a cached blob is not served for a repository the upstream says lacks it" blob_isolation
     check "$p referrers on an upstream without the API: OCI JSON 404" referrers_json_error
