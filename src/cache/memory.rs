@@ -102,6 +102,29 @@ impl TagMemory {
     }
 }
 
+/// Blob markers (`<upstream>/<repo>@<digest>` → size), bounded by count (cleared when full).
+#[derive(Default)]
+pub struct BlobMarkerMemory {
+    inner: Mutex<HashMap<String, u64>>,
+}
+
+const MAX_BLOB_MARKERS: usize = 100_000;
+
+impl BlobMarkerMemory {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.get(key).copied()
+    }
+
+    pub fn insert(&self, key: &str, size: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.len() >= MAX_BLOB_MARKERS {
+            inner.clear();
+        }
+        inner.insert(key.to_owned(), size);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

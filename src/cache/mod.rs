@@ -28,7 +28,7 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{Key, Store, StoreError};
 use crate::upstream::Upstream;
 use flight::SingleFlight;
-use memory::{ManifestMemory, TagMemory};
+use memory::{BlobMarkerMemory, ManifestMemory, TagMemory};
 
 /// What a tag resolves to, as last confirmed with the upstream.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -139,6 +139,7 @@ pub struct Registry {
     names: HashMap<String, String>,
     manifests: ManifestMemory,
     tags: TagMemory,
+    blob_markers: BlobMarkerMemory,
     manifest_flights: SingleFlight<String, ManifestAnswer>,
     blob_flights: SingleFlight<String, u64>,
     clock: Arc<Clock>,
@@ -175,6 +176,7 @@ impl Registry {
             upstreams,
             names,
             tags: TagMemory::default(),
+            blob_markers: BlobMarkerMemory::default(),
             manifest_flights: SingleFlight::default(),
             blob_flights: SingleFlight::default(),
             clock,
@@ -288,13 +290,26 @@ impl Registry {
         self.store.put(key, bytes.into(), "application/json").await
     }
 
+    /// A repository's marker for a digest. Blob markers never change once written, so they are
+    /// also kept in memory: a warm blob then costs no store request before its redirect.
     async fn read_marker(&self, target: &Target, digest: &Digest) -> Result<Option<Marker>, Error> {
-        self.read_json(&crate::store::keys::marker(
-            target.alias(),
-            &target.repo,
-            digest,
-        ))
-        .await
+        let remembered = format!("{}@{digest}", target.scoped_name());
+        if let Some(size) = self.blob_markers.get(&remembered) {
+            return Ok(Some(Marker::blob(size)));
+        }
+        let marker: Option<Marker> = self
+            .read_json(&crate::store::keys::marker(
+                target.alias(),
+                &target.repo,
+                digest,
+            ))
+            .await?;
+        if let Some(m) = &marker
+            && m.media_type.is_none()
+        {
+            self.blob_markers.insert(&remembered, m.size);
+        }
+        Ok(marker)
     }
 
     async fn write_marker(
@@ -304,7 +319,12 @@ impl Registry {
         marker: &Marker,
     ) -> Result<(), Error> {
         let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
-        Ok(self.write_json(&key, marker).await?)
+        self.write_json(&key, marker).await?;
+        if marker.media_type.is_none() {
+            self.blob_markers
+                .insert(&format!("{}@{digest}", target.scoped_name()), marker.size);
+        }
+        Ok(())
     }
 }
 
