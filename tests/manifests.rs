@@ -690,7 +690,11 @@ async fn warm_requests_stay_within_their_store_budgets() {
     assert_eq!(store_calls(&resp), 1, "only the file itself");
     let other_blob = format!("/v2/team/app/blobs/{}", img.amd64.blob_digests()[1]);
     let resp = cold.head(&other_blob, None).await;
-    assert_eq!(store_calls(&resp), 1, "a blob HEAD on a cold instance reads its marker");
+    assert_eq!(
+        store_calls(&resp),
+        1,
+        "a blob HEAD on a cold instance reads its marker"
+    );
     assert!(
         up.requests().is_empty(),
         "the cold instance asked the upstream"
