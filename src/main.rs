@@ -1,4 +1,5 @@
-//! The `pullthrough` command: `serve` runs the proxy as an HTTP server.
+//! The `pullthrough` command: `serve` runs the proxy as an HTTP server; with
+//! `AWS_LAMBDA_RUNTIME_API` set (inside AWS Lambda) the same binary runs as the Lambda function.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,13 +20,70 @@ enum Command {
     Serve(Settings),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+/// Lambda mode takes its settings from the environment only (Lambda passes no arguments).
+#[derive(Parser)]
+struct LambdaSettings {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn main() -> ExitCode {
+    let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if lambda {
+        // CloudWatch adds timestamps and shows no colours.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .without_time()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = if lambda {
+        // One invocation at a time: a current-thread runtime starts faster and is enough.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pullthrough: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if lambda {
+        runtime.block_on(lambda_main())
+    } else {
+        runtime.block_on(serve_main())
+    }
+}
+
+async fn lambda_main() -> ExitCode {
+    let settings = LambdaSettings::parse_from(["pullthrough"]).settings;
+    let config = match Config::load(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match pullthrough::lambda::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve_main() -> ExitCode {
     let Command::Serve(settings) = Cli::parse().command;
     let config = match Config::load(&settings) {
         Ok(c) => c,
@@ -41,9 +99,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let services = match pullthrough::server_services(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listen = config.listen;
-    let router = match pullthrough::app(config, store, Arc::default()) {
-        Ok(r) => r,
+    let router = match pullthrough::build(config, store, Arc::default(), services) {
+        Ok((r, _)) => r,
         Err(e) => {
             eprintln!("pullthrough: {e}");
             return ExitCode::from(2);
