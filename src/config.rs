@@ -936,6 +936,119 @@ max_attempts = 3
     }
 
     #[test]
+    fn secret_arns_are_read_and_checked() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:pullthrough/ghcr-AbCdEf";
+        let toml = format!(
+            "[[upstream]]\nalias = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nsecret_arn = \"{arn}\"\n"
+        );
+        let c = Config::from_toml(&Settings::default(), &toml).unwrap();
+        let u = c.upstream("ghcr.io").unwrap();
+        assert_eq!(u.secret_arn.as_deref(), Some(arn));
+        assert_eq!(u.username, None);
+        assert_eq!(secret_arn_region(arn), Some("eu-west-1"));
+
+        let both = format!("{toml}username = \"u\"\npassword = \"p\"\n");
+        let e = Config::from_toml(&Settings::default(), &both).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        for bad in [
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:eu-west-1:123:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+            "not an arn",
+        ] {
+            let toml = format!(
+                "[[upstream]]\nalias = \"x\"\nurl = \"https://x.example\"\nsecret_arn = \"{bad}\"\n"
+            );
+            let e = Config::from_toml(&Settings::default(), &toml).unwrap_err();
+            assert!(
+                e.to_string().contains("Secrets Manager secret ARN"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_credentials_from_the_environment() {
+        assert_eq!(
+            credentials_env_prefix("ghcr.io"),
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_"
+        );
+        assert_eq!(
+            credentials_env_prefix("registry.local:5000"),
+            "PULLTHROUGH_UPSTREAM_REGISTRY_LOCAL_5000_"
+        );
+        let c = Config::from_toml(&Settings::default(), "").unwrap();
+        let mut u = c.upstream("ghcr.io").unwrap().clone();
+        let env = |name: &str| match name {
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_USERNAME" => Some("bot".to_owned()),
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_PASSWORD" => Some("ghp_x".to_owned()),
+            _ => None,
+        };
+        credentials_from_env(&mut u, env).unwrap();
+        assert_eq!(u.username.as_deref(), Some("bot"));
+        assert_eq!(u.password.as_deref(), Some("ghp_x"));
+        let half = |name: &str| {
+            (name == "PULLTHROUGH_UPSTREAM_GHCR_IO_USERNAME").then(|| "bot".to_owned())
+        };
+        let e = credentials_from_env(&mut u, half).unwrap_err();
+        assert!(e.to_string().contains("both or neither"), "{e}");
+    }
+
+    #[test]
+    fn fill_deadline_and_inline_toml() {
+        let c = Config::load(&Settings::default()).unwrap();
+        assert_eq!(c.fill_deadline, Duration::from_secs(20));
+        let s = Settings {
+            config_toml: Some("fill_deadline = \"1s\"\ntag_ttl = \"5m\"\n".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.fill_deadline, Duration::from_secs(1));
+        assert_eq!(c.tag_ttl, Duration::from_secs(300));
+        // The one-line form of the SAM parameter UpstreamConfigToml.
+        let s = Settings {
+            config_toml: Some(
+                r#"upstream = [{alias = "mirror.example", url = "https://mirror.example", tag_ttl = "5m"}]"#
+                    .into(),
+            ),
+            default_upstream: Some("mirror.example".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.default_upstream, "mirror.example");
+        assert_eq!(
+            c.upstream("mirror.example").unwrap().tag_ttl,
+            Some(Duration::from_secs(300))
+        );
+        let s = Settings {
+            fill_deadline: Some("29s".into()),
+            ..Settings::default()
+        };
+        assert!(Config::load(&s).unwrap_err().to_string().contains("28s"));
+        let s = Settings {
+            config_toml: Some("bogus = 1".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::load(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("PULLTHROUGH_CONFIG_TOML")
+        );
+        let s = Settings {
+            config: Some("/nonexistent.toml".into()),
+            config_toml: Some("tag_ttl = \"5m\"".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::load(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("use one")
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("8MiB").unwrap(), 8 * MIB);
         assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);

@@ -252,11 +252,17 @@ fn body_encoding(body: &[u8]) -> (Option<String>, Option<String>) {
     )
 }
 
-/// Runs the function against the Lambda runtime API until the runtime stops it.
-pub async fn run(config: Config) -> Result<(), String> {
-    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
-        .map_err(|_| "AWS_LAMBDA_FUNCTION_NAME is not set (Lambda sets it)".to_owned())?;
-    let function = Function::init(config, function_name).await?;
+/// Runs the function against the Lambda runtime API until the runtime stops it. A failed
+/// initialisation (configuration, store) is reported to the runtime API's `init/error` before
+/// the process exits, so Lambda shows the message.
+pub async fn run(settings: &crate::config::Settings) -> Result<(), String> {
+    let function = match init_from_env(settings).await {
+        Ok(f) => f,
+        Err(e) => {
+            report_init_error(&e).await;
+            return Err(e);
+        }
+    };
     tracing::info!("pullthrough Lambda function initialised");
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<Box<RawValue>>| {
@@ -266,6 +272,34 @@ pub async fn run(config: Config) -> Result<(), String> {
     ))
     .await
     .map_err(|e| format!("Lambda runtime: {e}"))
+}
+
+async fn init_from_env(settings: &crate::config::Settings) -> Result<Function, String> {
+    let config = Config::load(settings).map_err(|e| e.to_string())?;
+    let function_name = std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+        .map_err(|_| "AWS_LAMBDA_FUNCTION_NAME is not set (Lambda sets it)".to_owned())?;
+    Function::init(config, function_name).await
+}
+
+/// `POST /2018-06-01/runtime/init/error` (best effort: the exit status tells Lambda anyway).
+async fn report_init_error(message: &str) {
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = serde_json::json!({
+        "errorMessage": message,
+        "errorType": "Runtime.InitError",
+    });
+    let sent = reqwest::Client::new()
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not report the init error to the runtime API");
+    }
 }
 
 #[cfg(test)]

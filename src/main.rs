@@ -67,14 +67,7 @@ fn main() -> ExitCode {
 
 async fn lambda_main() -> ExitCode {
     let settings = LambdaSettings::parse_from(["pullthrough"]).settings;
-    let config = match Config::load(&settings) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match pullthrough::lambda::run(config).await {
+    match pullthrough::lambda::run(&settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pullthrough: {e}");
