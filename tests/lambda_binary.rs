@@ -226,3 +226,67 @@ async fn a_bad_configuration_is_reported_to_the_runtime_api_as_an_init_error() {
     assert!(text.contains("Lambda mode needs an S3 store"), "{text}");
     assert!(text.contains("Runtime.InitError"), "{text}");
 }
+
+/// `secret_arn` works for the server too: `pullthrough serve` reads the upstream's credentials
+/// from Secrets Manager (the fake endpoint, via `AWS_ENDPOINT_URL_SECRETS_MANAGER`) on first use.
+#[tokio::test]
+async fn the_server_reads_upstream_credentials_from_secrets_manager_too() {
+    use std::io::{BufRead, BufReader};
+    let up = FakeRegistry::start(FakeOptions {
+        auth: FakeAuth::Basic {
+            username: "robot".into(),
+            password: "s3cr3t".into(),
+        },
+        ..FakeOptions::default()
+    })
+    .await;
+    let aws = FakeAws::start().await;
+    aws.put_secret(SECRET_ARN, r#"{"username":"robot","password":"s3cr3t"}"#);
+    let img = push_oci_index(&up, "team/app", "v1", 73);
+    let store = tempfile::tempdir().unwrap();
+    let config_toml = format!(
+        "default_upstream = \"local\"\n[[upstream]]\nalias = \"local\"\nurl = \"{}\"\ninsecure = true\nsecret_arn = \"{SECRET_ARN}\"\n",
+        up.url()
+    );
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store.path())
+            .env_clear()
+            .env("AWS_REGION", s3::REGION)
+            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
+            .env("PULLTHROUGH_CONFIG_TOML", &config_toml)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the server"),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let url = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines.next().expect("server exited before serving").unwrap();
+            if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
+                break u.to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(aws.calls().len(), 0, "nothing read at start-up");
+    let client = reqwest::Client::new();
+    for reference in ["v1", img.amd64.digest.as_str()] {
+        let resp = client
+            .get(format!("{url}/v2/team/app/manifests/{reference}"))
+            .header("accept", DOCKER_CLIENT_ACCEPT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(aws.count("GetSecretValue"), 1);
+    assert!(aws.calls()[0].signature_ok);
+}

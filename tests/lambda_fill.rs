@@ -110,9 +110,9 @@ async fn a_blob_that_outlives_the_deadline_is_finished_by_an_async_invocation_un
     let s = Setup::new(FakeOptions::default()).await;
     let data = blob_bytes(61, 300_000);
     let d = s.up.put_blob("team/app", data.clone());
-    // The first two blob GETs (the request's copy, then the asynchronous one) answer after 2 s.
+    // The first two blob GETs (the request's copy, then the asynchronous one) answer after 3 s.
     s.up.add_fault(
-        FaultRule::new(Fault::Stall(Duration::from_secs(2)))
+        FaultRule::new(Fault::Stall(Duration::from_secs(3)))
             .method("GET")
             .path("/blobs/")
             .times(2),
@@ -127,7 +127,7 @@ async fn a_blob_that_outlives_the_deadline_is_finished_by_an_async_invocation_un
     assert_pending(&first);
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
         "answered after {took:?}"
     );
     let calls = s.aws.calls();
