@@ -354,3 +354,53 @@ async fn fill_events_for_stored_blobs_and_upstream_errors() {
     let bad = serde_json::json!({"fill": {"upstream": "elsewhere", "repo": "x", "digest": d, "lease": "l"}});
     assert!(a.handle(&bad.to_string()).await.is_err());
 }
+
+/// The store operations the lease rests on, against the S3 server (which checks
+/// `If-None-Match: *` and `If-Match` as S3 does).
+#[tokio::test]
+async fn conditional_writes_on_s3() {
+    use pullthrough::store::{Condition, Store, keys};
+    let server = S3Server::start().await;
+    let store = server
+        .store("pfx", pullthrough::config::S3Settings::default())
+        .await;
+    let key = keys::lease(&pullthrough::oci::Digest::sha256_of(b"x"));
+    let v1 = store
+        .put_if(&key, "one".into(), Condition::Absent)
+        .await
+        .unwrap()
+        .expect("created");
+    assert_eq!(
+        store
+            .put_if(&key, "two".into(), Condition::Absent)
+            .await
+            .unwrap(),
+        None,
+        "If-None-Match: * on an existing object"
+    );
+    let (bytes, tag) = store.get_versioned(&key).await.unwrap().unwrap();
+    assert_eq!(bytes, "one");
+    assert_eq!(tag, v1);
+    let v2 = store
+        .put_if(&key, "three".into(), Condition::Matches(tag.clone()))
+        .await
+        .unwrap()
+        .expect("replaced");
+    assert_ne!(v2, v1);
+    assert_eq!(
+        store
+            .put_if(&key, "four".into(), Condition::Matches(v1))
+            .await
+            .unwrap(),
+        None,
+        "If-Match on a stale ETag"
+    );
+    assert_eq!(store.get(&key).await.unwrap().unwrap(), "three");
+    assert_eq!(
+        server.object_keys("pfx/leases/").await,
+        vec![format!("pfx/{}", key.as_str())]
+    );
+    store.delete(&key).await.unwrap();
+    assert!(store.get_versioned(&key).await.unwrap().is_none());
+    store.delete(&key).await.unwrap();
+}

@@ -140,12 +140,12 @@ impl Registry {
         // Two rounds: a lease that vanishes between our failed create and our read (its fill just
         // finished) is simply created again.
         for _ in 0..2 {
-            if self
+            if let Some(etag) = self
                 .store
                 .put_if(key, Self::lease_json(lease), Condition::Absent)
                 .await?
             {
-                return self.etag_of_ours(key, lease).await;
+                return Ok(Acquired::Yes(etag));
             }
             let Some((bytes, etag)) = self.store.get_versioned(key).await? else {
                 continue;
@@ -155,13 +155,13 @@ impl Registry {
                 Some(c) if c.expires_at > self.clock.now_ms() => return Ok(Acquired::Held(c)),
                 _ => {
                     // Expired (or unreadable): take it over, unless someone else just did.
-                    if self
+                    if let Some(etag) = self
                         .store
                         .put_if(key, Self::lease_json(lease), Condition::Matches(etag))
                         .await?
                     {
                         tracing::info!(%key, "took over an expired fill lease");
-                        return self.etag_of_ours(key, lease).await;
+                        return Ok(Acquired::Yes(etag));
                     }
                 }
             }
@@ -172,23 +172,6 @@ impl Registry {
                 Err(_) => Err(busy("the fill lease is contended", self.retry_after())),
             },
             None => Err(busy("the fill lease is contended", self.retry_after())),
-        }
-    }
-
-    /// S3 answers a PUT with the new ETag, but the store interface does not carry it: one read
-    /// confirms the lease is ours and gives its ETag.
-    async fn etag_of_ours(
-        &self,
-        key: &crate::store::Key,
-        lease: &Lease,
-    ) -> Result<Acquired, Error> {
-        match self.store.get_versioned(key).await? {
-            Some((bytes, etag)) => match serde_json::from_slice::<Lease>(&bytes) {
-                Ok(c) if c.owner == lease.owner => Ok(Acquired::Yes(etag)),
-                Ok(c) => Ok(Acquired::Held(c)),
-                Err(_) => Err(busy("the fill lease is unreadable", self.retry_after())),
-            },
-            None => Err(busy("the fill lease vanished", self.retry_after())),
         }
     }
 
@@ -262,10 +245,11 @@ impl Registry {
             repo: target.repo.to_string(),
             redirect: redirect.clone(),
         };
-        if !self
+        if self
             .store
             .put_if(&key, Self::lease_json(&handed), Condition::Matches(etag))
             .await?
+            .is_none()
         {
             // Our lease was taken over meanwhile (it expired): that owner does the copy.
             return Err(busy(
@@ -343,18 +327,18 @@ impl Registry {
                             reason: format!("lease held by {}", c.owner),
                         });
                     }
-                    _ => {
-                        self.store
-                            .put_if(&key, Self::lease_json(&mine), Condition::Matches(etag))
-                            .await?
-                    }
+                    _ => self
+                        .store
+                        .put_if(&key, Self::lease_json(&mine), Condition::Matches(etag))
+                        .await?
+                        .is_some(),
                 }
             }
-            None => {
-                self.store
-                    .put_if(&key, Self::lease_json(&mine), Condition::Absent)
-                    .await?
-            }
+            None => self
+                .store
+                .put_if(&key, Self::lease_json(&mine), Condition::Absent)
+                .await?
+                .is_some(),
         };
         if !adopted {
             return Ok(FillOutcome::Skipped {

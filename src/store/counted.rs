@@ -102,7 +102,7 @@ impl Store for Counted {
         key: &Key,
         bytes: Bytes,
         condition: Condition,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         note("put_if", key);
         self.inner.put_if(key, bytes, condition).await
     }

@@ -98,15 +98,15 @@ pub trait Store: Send + Sync + 'static {
         Err(unsupported(key))
     }
 
-    /// Writes a small object only if `condition` holds, atomically: `Ok(false)` when it did not
-    /// (the object exists, or changed since it was read). The fill leases of Lambda mode rest on
-    /// this (S3 `If-None-Match: *` and `If-Match`).
+    /// Writes a small object only if `condition` holds, atomically: the new version tag when it
+    /// did, `Ok(None)` when it did not (the object exists, or changed since it was read). The fill
+    /// leases of Lambda mode rest on this (S3 `If-None-Match: *` and `If-Match`).
     async fn put_if(
         &self,
         key: &Key,
         bytes: Bytes,
         condition: Condition,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let _ = (bytes, condition);
         Err(unsupported(key))
     }

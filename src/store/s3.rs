@@ -435,7 +435,7 @@ impl Store for S3Store {
         key: &Key,
         bytes: Bytes,
         condition: Condition,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let k = self.object_key(key);
         tracing::debug!(op = "PutObject", key = %k, bytes = bytes.len(), ?condition);
         let mut req = self
@@ -451,10 +451,11 @@ impl Store for S3Store {
             Condition::Matches(e_tag) => req.if_match(e_tag),
         };
         match req.send().await {
-            Ok(_) => Ok(true),
+            // S3 always answers a PUT with the new ETag.
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
             // 412: the condition failed; 409 ConditionalRequestConflict: another conditional
             // write to the key was in progress. Either way another writer won.
-            Err(e) if is_precondition_failed(&e) || is_conditional_conflict(&e) => Ok(false),
+            Err(e) if is_precondition_failed(&e) || is_conditional_conflict(&e) => Ok(None),
             Err(e) => Err(backend(&k, "PutObject", &e)),
         }
     }
