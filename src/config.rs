@@ -31,6 +31,9 @@ pub struct UpstreamConfig {
     pub url: Url,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// An AWS Secrets Manager secret holding `{"username":..,"password":..}` for this upstream,
+    /// read on first use (never at start-up) and then kept for the life of the process.
+    pub secret_arn: Option<String>,
     /// Docker Hub keeps official images under `library/`: `alpine` means `library/alpine`.
     pub library_prefix: bool,
     /// Per-upstream tag freshness; the global `tag_ttl` when unset.
@@ -75,6 +78,9 @@ pub struct Config {
     /// How to reach the bucket of an `s3://` store (the `[s3]` table); unused by the filesystem
     /// store.
     pub s3: S3Settings,
+    /// Lambda mode: how long a blob miss is copied while the client waits, before the copy is
+    /// handed to an asynchronous invocation (API Gateway gives up after 30 s).
+    pub fill_deadline: Duration,
 }
 
 /// The `[s3]` table. Credentials are never configured here: they come from the standard AWS
@@ -128,6 +134,9 @@ pub struct Settings {
     /// TOML configuration file (upstreams, credentials, TTLs).
     #[arg(long, env = "PULLTHROUGH_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The same TOML as text, for environments without a file (Lambda); not with --config.
+    #[arg(long, env = "PULLTHROUGH_CONFIG_TOML", hide_env_values = true)]
+    pub config_toml: Option<String>,
     /// Upstream used for names without a known prefix: an alias or an https:// URL.
     #[arg(long, env = "PULLTHROUGH_DEFAULT_UPSTREAM")]
     pub default_upstream: Option<String>,
@@ -144,6 +153,9 @@ pub struct Settings {
     /// are accepted by all. Random per process when unset.
     #[arg(long, env = "PULLTHROUGH_TOKEN_KEY", hide_env_values = true)]
     pub token_key: Option<String>,
+    /// Lambda mode: how long a blob miss is copied while the client waits, e.g. 20s.
+    #[arg(long, env = "PULLTHROUGH_FILL_DEADLINE")]
+    pub fill_deadline: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +181,7 @@ struct FileConfig {
     request_timeout: Option<String>,
     read_timeout: Option<String>,
     memory_cache_bytes: Option<usize>,
+    fill_deadline: Option<String>,
     #[serde(default)]
     upstream: Vec<FileUpstream>,
     s3: Option<FileS3>,
@@ -229,6 +242,22 @@ impl Config {
     /// Builds the configuration: built-in defaults, then the TOML file named by
     /// `settings.config`, then the settings themselves (environment and flags).
     pub fn load(settings: &Settings) -> Result<Config, ConfigError> {
+        if let (Some(_), Some(text)) = (&settings.config, &settings.config_toml)
+            && !text.trim().is_empty()
+        {
+            return Err(err(
+                "PULLTHROUGH_CONFIG and PULLTHROUGH_CONFIG_TOML are both set; use one",
+            ));
+        }
+        if let Some(text) = settings
+            .config_toml
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+        {
+            let file = toml::from_str::<FileConfig>(text)
+                .map_err(|e| err(format!("PULLTHROUGH_CONFIG_TOML: {e}")))?;
+            return Config::build(settings, file);
+        }
         let file = match &settings.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -304,6 +333,16 @@ impl Config {
             Duration::from_secs(30),
         )?;
         let read_timeout = dur("read_timeout", file.read_timeout, Duration::from_secs(30))?;
+        let fill_deadline = dur(
+            "PULLTHROUGH_FILL_DEADLINE/fill_deadline",
+            s.fill_deadline.clone().or(file.fill_deadline),
+            Duration::from_secs(20),
+        )?;
+        if fill_deadline < Duration::from_millis(100) || fill_deadline > Duration::from_secs(28) {
+            return Err(err(
+                "PULLTHROUGH_FILL_DEADLINE: must be between 100ms and 28s (API Gateway ends a request after 30s; default 20s)",
+            ));
+        }
         for (name, d) in [
             ("connect_timeout", connect_timeout),
             ("request_timeout", request_timeout),
@@ -344,6 +383,7 @@ impl Config {
                 url: Url::parse(url).expect("built-in upstream URLs are valid"),
                 username: None,
                 password: None,
+                secret_arn: None,
                 library_prefix: *alias == "docker.io",
                 tag_ttl: None,
                 allow: vec![],
@@ -370,6 +410,7 @@ impl Config {
                 url,
                 username: None,
                 password: None,
+                secret_arn: None,
                 library_prefix: false,
                 tag_ttl: None,
                 allow: vec![],
@@ -390,6 +431,10 @@ impl Config {
                 }
             }
         };
+
+        for u in &mut upstreams {
+            credentials_from_env(u, |name| std::env::var(name).ok())?;
+        }
 
         let mut names = std::collections::HashSet::new();
         for u in &upstreams {
@@ -423,6 +468,7 @@ impl Config {
             memory_cache_bytes: file.memory_cache_bytes.unwrap_or(64 * 1024 * 1024),
             auth,
             token_key,
+            fill_deadline,
             s3: match file.s3 {
                 Some(f) => s3_from_file(f)?,
                 None => S3Settings::default(),
@@ -448,10 +494,13 @@ fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
         )));
     }
     let url = parse_upstream_url(&u.url, u.insecure, &what)?;
-    if u.secret_arn.is_some() {
-        return Err(err(format!(
-            "{what}: secret_arn is only read in Lambda mode, which this version does not include; use username/password"
-        )));
+    if let Some(arn) = &u.secret_arn {
+        if u.username.is_some() || u.password.is_some() {
+            return Err(err(format!(
+                "{what}: give secret_arn or username/password, not both"
+            )));
+        }
+        check_secret_arn(arn).map_err(|e| err(format!("{what}: {e}")))?;
     }
     if u.username.is_some() != u.password.is_some() {
         return Err(err(format!(
@@ -475,8 +524,79 @@ fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
         url,
         username: u.username,
         password: u.password,
+        secret_arn: u.secret_arn,
         tag_ttl,
     })
+}
+
+/// The environment variable prefix for an upstream's credentials:
+/// `PULLTHROUGH_UPSTREAM_<ALIAS>_` with the alias upper-cased and every character other than a
+/// letter or digit replaced by `_` (`ghcr.io` → `PULLTHROUGH_UPSTREAM_GHCR_IO_`).
+pub fn credentials_env_prefix(alias: &str) -> String {
+    let name: String = alias
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("PULLTHROUGH_UPSTREAM_{name}_")
+}
+
+/// `PULLTHROUGH_UPSTREAM_<ALIAS>_USERNAME` and `_PASSWORD` (both or neither) replace the file's
+/// credentials for a configured upstream. They are read here, at start-up, without I/O.
+fn credentials_from_env(
+    u: &mut UpstreamConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let prefix = credentials_env_prefix(&u.alias);
+    let user = env(&format!("{prefix}USERNAME")).filter(|v| !v.is_empty());
+    let pass = env(&format!("{prefix}PASSWORD")).filter(|v| !v.is_empty());
+    match (user, pass) {
+        (None, None) => Ok(()),
+        (Some(user), Some(pass)) => {
+            u.username = Some(user);
+            u.password = Some(pass);
+            u.secret_arn = None;
+            Ok(())
+        }
+        _ => Err(err(format!(
+            "{prefix}USERNAME and {prefix}PASSWORD: set both or neither"
+        ))),
+    }
+}
+
+/// Checks the shape `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`.
+pub fn check_secret_arn(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(7, ':').collect();
+    let ok = parts.len() == 7
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "secretsmanager"
+        && !parts[3].is_empty()
+        && parts[3]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5] == "secret"
+        && !parts[6].is_empty()
+        && !arn.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "secret_arn {arn:?} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
+        ))
+    }
+}
+
+/// The region named by a Secrets Manager ARN (checked by [`check_secret_arn`]).
+pub fn secret_arn_region(arn: &str) -> Option<&str> {
+    arn.split(':').nth(3).filter(|r| !r.is_empty())
 }
 
 fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
@@ -856,6 +976,119 @@ max_attempts = 3
         assert!(bad("endpoint = \"http://k:s@h:9000\"").contains("credential chain"));
         assert!(bad("region = \"EU West\"").contains("region"));
         assert!(bad("bucket = \"x\"").contains("unknown field"));
+    }
+
+    #[test]
+    fn secret_arns_are_read_and_checked() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:pullthrough/ghcr-AbCdEf";
+        let toml = format!(
+            "[[upstream]]\nalias = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nsecret_arn = \"{arn}\"\n"
+        );
+        let c = Config::from_toml(&Settings::default(), &toml).unwrap();
+        let u = c.upstream("ghcr.io").unwrap();
+        assert_eq!(u.secret_arn.as_deref(), Some(arn));
+        assert_eq!(u.username, None);
+        assert_eq!(secret_arn_region(arn), Some("eu-west-1"));
+
+        let both = format!("{toml}username = \"u\"\npassword = \"p\"\n");
+        let e = Config::from_toml(&Settings::default(), &both).unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        for bad in [
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:eu-west-1:123:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+            "not an arn",
+        ] {
+            let toml = format!(
+                "[[upstream]]\nalias = \"x\"\nurl = \"https://x.example\"\nsecret_arn = \"{bad}\"\n"
+            );
+            let e = Config::from_toml(&Settings::default(), &toml).unwrap_err();
+            assert!(
+                e.to_string().contains("Secrets Manager secret ARN"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_credentials_from_the_environment() {
+        assert_eq!(
+            credentials_env_prefix("ghcr.io"),
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_"
+        );
+        assert_eq!(
+            credentials_env_prefix("registry.local:5000"),
+            "PULLTHROUGH_UPSTREAM_REGISTRY_LOCAL_5000_"
+        );
+        let c = Config::from_toml(&Settings::default(), "").unwrap();
+        let mut u = c.upstream("ghcr.io").unwrap().clone();
+        let env = |name: &str| match name {
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_USERNAME" => Some("bot".to_owned()),
+            "PULLTHROUGH_UPSTREAM_GHCR_IO_PASSWORD" => Some("ghp_x".to_owned()),
+            _ => None,
+        };
+        credentials_from_env(&mut u, env).unwrap();
+        assert_eq!(u.username.as_deref(), Some("bot"));
+        assert_eq!(u.password.as_deref(), Some("ghp_x"));
+        let half = |name: &str| {
+            (name == "PULLTHROUGH_UPSTREAM_GHCR_IO_USERNAME").then(|| "bot".to_owned())
+        };
+        let e = credentials_from_env(&mut u, half).unwrap_err();
+        assert!(e.to_string().contains("both or neither"), "{e}");
+    }
+
+    #[test]
+    fn fill_deadline_and_inline_toml() {
+        let c = Config::load(&Settings::default()).unwrap();
+        assert_eq!(c.fill_deadline, Duration::from_secs(20));
+        let s = Settings {
+            config_toml: Some("fill_deadline = \"1s\"\ntag_ttl = \"5m\"\n".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.fill_deadline, Duration::from_secs(1));
+        assert_eq!(c.tag_ttl, Duration::from_secs(300));
+        // The one-line form of the SAM parameter UpstreamConfigToml.
+        let s = Settings {
+            config_toml: Some(
+                r#"upstream = [{alias = "mirror.example", url = "https://mirror.example", tag_ttl = "5m"}]"#
+                    .into(),
+            ),
+            default_upstream: Some("mirror.example".into()),
+            ..Settings::default()
+        };
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.default_upstream, "mirror.example");
+        assert_eq!(
+            c.upstream("mirror.example").unwrap().tag_ttl,
+            Some(Duration::from_secs(300))
+        );
+        let s = Settings {
+            fill_deadline: Some("29s".into()),
+            ..Settings::default()
+        };
+        assert!(Config::load(&s).unwrap_err().to_string().contains("28s"));
+        let s = Settings {
+            config_toml: Some("bogus = 1".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::load(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("PULLTHROUGH_CONFIG_TOML")
+        );
+        let s = Settings {
+            config: Some("/nonexistent.toml".into()),
+            config_toml: Some("tag_ttl = \"5m\"".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::load(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("use one")
+        );
     }
 
     #[test]

@@ -11,15 +11,20 @@
 //! - [`access`]: per-upstream repository allow-lists.
 //! - [`verify`]: the `verify` command's check that every stored blob matches its name.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
+//! - [`lambda`]: Lambda mode: API Gateway / function URL events into the same router, and the
+//!   `{"fill": …}` events of asynchronous blob copies.
+//! - [`aws`]: the SigV4-signed Lambda `Invoke` and Secrets Manager `GetSecretValue` calls.
 //!
 //! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
 
 pub mod access;
+pub mod aws;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod lambda;
 pub mod oci;
 pub mod store;
 pub mod upstream;
@@ -28,7 +33,7 @@ pub mod verify;
 use std::future::Future;
 use std::sync::Arc;
 
-use cache::{Clock, Registry};
+use cache::{Clock, Registry, Services};
 use config::{Config, StoreLocation};
 use store::Store;
 use store::fs::FsStore;
@@ -58,6 +63,16 @@ pub fn app(
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
 ) -> Result<axum::Router, String> {
+    build(config, store, clock, Services::default()).map(|(router, _)| router)
+}
+
+/// The router and the registry behind it, with `services` (secrets, Lambda fill policy).
+pub fn build(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<Clock>,
+    services: Services,
+) -> Result<(axum::Router, Arc<Registry>), String> {
     let auth = match &config.auth {
         config::ClientAuthSetting::None => None,
         config::ClientAuthSetting::Htpasswd(text) => {
@@ -67,8 +82,35 @@ pub fn app(
         }
     };
     let store = Arc::new(store::counted::Counted::new(store));
-    let registry = Registry::new(config, store, clock).map_err(|e| e.message)?;
-    Ok(http::router(registry, auth))
+    let registry =
+        Registry::with_services(config, store, clock, services).map_err(|e| e.message)?;
+    Ok((http::router(Arc::clone(&registry), auth), registry))
+}
+
+/// The client for the signed AWS calls (Secrets Manager, Lambda `Invoke`), with the credential
+/// chain and region of the S3 client (`[s3] region`, environment, profile). No network I/O.
+pub async fn aws_api(config: &Config) -> Result<Arc<aws::AwsApi>, String> {
+    let ca_bundle = std::env::var_os("AWS_CA_BUNDLE")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    let sdk = store::s3::load_sdk_config(
+        config.s3.region.as_deref(),
+        ca_bundle.as_deref(),
+        None,
+        config.s3.max_attempts,
+    )
+    .await?;
+    aws::AwsApi::new(&sdk).map(Arc::new)
+}
+
+/// The services of the server: a Secrets Manager reader when an upstream has a `secret_arn`.
+pub async fn server_services(config: &Config) -> Result<Services, String> {
+    let mut services = Services::default();
+    if config.upstreams.iter().any(|u| u.secret_arn.is_some()) {
+        let api = aws_api(config).await?;
+        services.secrets = Some(Arc::new(aws::SecretsManager::new(api)?));
+    }
+    Ok(services)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.

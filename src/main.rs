@@ -1,5 +1,6 @@
 //! The `pullthrough` command: `serve` runs the proxy as an HTTP server; `verify` checks that
-//! every blob in the store holds the bytes its name says.
+//! every blob in the store holds the bytes its name says; with `AWS_LAMBDA_RUNTIME_API` set
+//! (inside AWS Lambda) the same binary runs as the Lambda function.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,13 +23,63 @@ enum Command {
     Verify(Settings),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+/// Lambda mode takes its settings from the environment only (Lambda passes no arguments).
+#[derive(Parser)]
+struct LambdaSettings {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn main() -> ExitCode {
+    let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if lambda {
+        // CloudWatch adds timestamps and shows no colours.
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .without_time()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = if lambda {
+        // One invocation at a time: a current-thread runtime starts faster and is enough.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pullthrough: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if lambda {
+        runtime.block_on(lambda_main())
+    } else {
+        runtime.block_on(serve_main())
+    }
+}
+
+async fn lambda_main() -> ExitCode {
+    let settings = LambdaSettings::parse_from(["pullthrough"]).settings;
+    match pullthrough::lambda::run(&settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve_main() -> ExitCode {
     let (settings, verify) = match Cli::parse().command {
         Command::Serve(s) => (s, false),
         Command::Verify(s) => (s, true),
@@ -50,9 +101,16 @@ async fn main() -> ExitCode {
     if verify {
         return run_verify(store.as_ref()).await;
     }
+    let services = match pullthrough::server_services(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listen = config.listen;
-    let router = match pullthrough::app(config, store, Arc::default()) {
-        Ok(r) => r,
+    let router = match pullthrough::build(config, store, Arc::default(), services) {
+        Ok((r, _)) => r,
         Err(e) => {
             eprintln!("pullthrough: {e}");
             return ExitCode::from(2);

@@ -34,7 +34,7 @@ pub enum BlobAnswer {
 }
 
 /// What the fill task tells the request that started it, once the upstream has answered.
-enum FillStart {
+pub(super) enum FillStart {
     Streaming(Option<u64>),
     AlreadyStored,
 }
@@ -59,6 +59,10 @@ impl Registry {
         }
         if self.store.head(&key).await?.is_some() {
             self.confirm_with_upstream(target, digest).await?;
+        } else if let Some(policy) = &self.fill_policy
+            && self.store.serves_by_redirect()
+        {
+            return self.fill_within_deadline(target, digest, policy).await;
         } else if range.is_none() && !self.store.serves_by_redirect() {
             if let Some(answer) = self.fill_streaming(target, digest).await? {
                 return Ok(answer);
@@ -69,7 +73,7 @@ impl Registry {
         self.stored(&key, range, digest).await
     }
 
-    async fn stored(
+    pub(super) async fn stored(
         &self,
         key: &crate::store::Key,
         range: Option<RangeRequest>,
@@ -117,7 +121,11 @@ impl Registry {
 
     /// The bytes are in the store (for another repository); the upstream confirms this
     /// repository holds them too before they are served under its name.
-    async fn confirm_with_upstream(&self, target: &Target, digest: &Digest) -> Result<(), Error> {
+    pub(super) async fn confirm_with_upstream(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(), Error> {
         let info = target
             .upstream
             .head_blob(&target.repo, digest)
@@ -184,53 +192,69 @@ impl Registry {
         let target = target.clone();
         let digest = digest.clone();
         self.blob_flights.start(flight_key, move || async move {
-            let (start_tx, chunk_tx) = match tee {
-                Some((s, c)) => (Some(s), Some(c)),
-                None => (None, None),
-            };
-            let key = keys::blob(&digest);
-            // Another flight (another repository) may have finished it meanwhile.
-            if let Some(size) = this.store.head(&key).await? {
-                if let Some(s) = start_tx {
-                    let _ = s.send(FillStart::AlreadyStored);
-                }
-                this.confirm_with_upstream(&target, &digest).await?;
-                return Ok(size);
-            }
-            let body = target
-                .upstream
-                .get_blob(&target.repo, &digest)
-                .await
-                .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
-            if let Some(s) = start_tx {
-                let _ = s.send(FillStart::Streaming(body.len));
-            }
-            let verified = VerifyingStream::new(body.stream, digest.clone(), body.len);
-            let held = Arc::new(Mutex::new(None));
-            let stream = tee_to(verified, chunk_tx.clone(), Arc::clone(&held));
-            let stored = async {
-                let size = this.store.put_stream(&key, body.len, stream).await?;
-                this.write_marker(&target, &digest, &Marker::blob(size))
-                    .await?;
-                Ok::<u64, Error>(size)
-            }
-            .await;
-            // The streaming client's last chunk goes out only now: a client that received the
-            // whole body can count on the cache holding it.
-            if let Some(tx) = chunk_tx {
-                let last = held.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let _ = match (&stored, last) {
-                    (Ok(_), Some(last)) => tx.send(Ok(last)).await,
-                    (Ok(_), None) => Ok(()),
-                    (Err(e), _) => tx.send(Err(std::io::Error::other(e.message.clone()))).await,
-                };
-            }
-            let size = stored.inspect_err(|e| {
-                tracing::warn!(repo = %target.scoped_name(), %digest, error = %e.message, "blob fill failed");
-            })?;
-            tracing::info!(repo = %target.scoped_name(), %digest, size, "blob filled");
-            Ok(size)
+            this.copy_blob(&target, &digest, tee, None).await
         })
+    }
+
+    /// The copy itself: upstream GET, verified while streamed into the store, then the marker.
+    /// With `tee`, the starter is told when the upstream answered and gets every verified chunk;
+    /// with `redirects`, a redirect of the upstream GET to another origin is recorded there.
+    pub(super) async fn copy_blob(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tee: Option<(
+            oneshot::Sender<FillStart>,
+            mpsc::Sender<std::io::Result<Bytes>>,
+        )>,
+        redirects: Option<&crate::upstream::RedirectSink>,
+    ) -> Result<u64, Error> {
+        let (start_tx, chunk_tx) = match tee {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
+        let key = keys::blob(digest);
+        // Another flight (another repository) may have finished it meanwhile.
+        if let Some(size) = self.store.head(&key).await? {
+            if let Some(s) = start_tx {
+                let _ = s.send(FillStart::AlreadyStored);
+            }
+            self.confirm_with_upstream(target, digest).await?;
+            return Ok(size);
+        }
+        let body = target
+            .upstream
+            .get_blob_observed(&target.repo, digest, redirects)
+            .await
+            .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
+        if let Some(s) = start_tx {
+            let _ = s.send(FillStart::Streaming(body.len));
+        }
+        let verified = VerifyingStream::new(body.stream, digest.clone(), body.len);
+        let held = Arc::new(Mutex::new(None));
+        let stream = tee_to(verified, chunk_tx.clone(), Arc::clone(&held));
+        let stored = async {
+            let size = self.store.put_stream(&key, body.len, stream).await?;
+            self.write_marker(target, digest, &Marker::blob(size))
+                .await?;
+            Ok::<u64, Error>(size)
+        }
+        .await;
+        // The streaming client's last chunk goes out only now: a client that received the
+        // whole body can count on the cache holding it.
+        if let Some(tx) = chunk_tx {
+            let last = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let _ = match (&stored, last) {
+                (Ok(_), Some(last)) => tx.send(Ok(last)).await,
+                (Ok(_), None) => Ok(()),
+                (Err(e), _) => tx.send(Err(std::io::Error::other(e.message.clone()))).await,
+            };
+        }
+        let size = stored.inspect_err(|e| {
+            tracing::warn!(repo = %target.scoped_name(), %digest, error = %e.message, "blob fill failed");
+        })?;
+        tracing::info!(repo = %target.scoped_name(), %digest, size, "blob filled");
+        Ok(size)
     }
 }
 

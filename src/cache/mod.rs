@@ -6,6 +6,7 @@
 
 mod blobs;
 mod flight;
+mod lease;
 mod manifests;
 mod memory;
 mod relay;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
+pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy};
 pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
 
@@ -26,7 +28,7 @@ use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::oci::{Digest, RepoName};
 use crate::store::{Key, Store, StoreError};
-use crate::upstream::Upstream;
+use crate::upstream::{SecretSource, Upstream};
 use flight::SingleFlight;
 use memory::{BlobMarkerMemory, ManifestMemory, TagMemory};
 
@@ -143,8 +145,19 @@ pub struct Registry {
     manifest_flights: SingleFlight<String, ManifestAnswer>,
     blob_flights: SingleFlight<String, u64>,
     clock: Arc<Clock>,
+    /// Lambda mode: blob misses are copied against a deadline, under a lease, and handed to an
+    /// asynchronous invocation when the deadline passes.
+    fill_policy: Option<FillPolicy>,
     /// This registry itself, for work handed to a background task (single-flight fills).
     me: Weak<Registry>,
+}
+
+/// Services a registry may use beyond its store: where upstream secrets are read, and (Lambda
+/// mode) the policy for blob misses.
+#[derive(Clone, Default)]
+pub struct Services {
+    pub secrets: Option<Arc<dyn SecretSource>>,
+    pub fill_policy: Option<FillPolicy>,
 }
 
 impl Registry {
@@ -153,16 +166,36 @@ impl Registry {
         store: Arc<dyn Store>,
         clock: Arc<Clock>,
     ) -> Result<Arc<Registry>, Error> {
+        Registry::with_services(config, store, clock, Services::default())
+    }
+
+    pub fn with_services(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<Clock>,
+        services: Services,
+    ) -> Result<Arc<Registry>, Error> {
         let mut upstreams = HashMap::new();
         let mut names = HashMap::new();
         for u in &config.upstreams {
-            let client = Upstream::new(u.clone(), &config).map_err(|e| {
-                Error::new(
+            if u.secret_arn.is_some() && services.secrets.is_none() {
+                return Err(Error::new(
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                     Code::Unavailable,
-                    format!("cannot build HTTP client for {}: {e}", u.alias),
-                )
-            })?;
+                    format!(
+                        "upstream {} has a secret_arn but no Secrets Manager client was configured",
+                        u.alias
+                    ),
+                ));
+            }
+            let client = Upstream::with_secrets(u.clone(), &config, services.secrets.clone())
+                .map_err(|e| {
+                    Error::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        Code::Unavailable,
+                        format!("cannot build HTTP client for {}: {e}", u.alias),
+                    )
+                })?;
             upstreams.insert(u.alias.clone(), Arc::new(client));
             for n in std::iter::once(&u.alias).chain(&u.other_names) {
                 names.insert(n.clone(), u.alias.clone());
@@ -180,6 +213,7 @@ impl Registry {
             manifest_flights: SingleFlight::default(),
             blob_flights: SingleFlight::default(),
             clock,
+            fill_policy: services.fill_policy,
         }))
     }
 

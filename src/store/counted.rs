@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
+use super::{BlobRead, ByteStream, Condition, Key, RangeRequest, Store, StoreError};
 
 tokio::task_local! {
     static CALLS: Cell<u32>;
@@ -99,5 +99,25 @@ impl Store for Counted {
             note("read", key);
         }
         Ok(read)
+    }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
+        note("get_versioned", key);
+        self.inner.get_versioned(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        bytes: Bytes,
+        condition: Condition,
+    ) -> Result<Option<String>, StoreError> {
+        note("put_if", key);
+        self.inner.put_if(key, bytes, condition).await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        note("delete", key);
+        self.inner.delete(key).await
     }
 }

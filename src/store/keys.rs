@@ -5,6 +5,7 @@
 //! repos/<upstream>/<repo>/_tags/<tag>                tag pointer (JSON)
 //! repos/<upstream>/<repo>/_digests/<alg>/<hex>       marker: this repository holds this digest
 //! repos/<upstream>/<repo>/_referrers/<alg>/<hex>     cached referrers answer (JSON)
+//! leases/blobs/<alg>/<hex>                           fill in progress (Lambda mode; JSON, deleted after)
 //! ```
 //!
 //! Every part comes from a parsed [`RepoName`], [`Tag`] or [`Digest`] or a configured upstream
@@ -52,6 +53,15 @@ pub fn blob(digest: &Digest) -> Key {
 /// The "directory" holding every blob of one algorithm, for listing.
 pub fn blobs_prefix(algorithm: crate::oci::digest::Algorithm) -> Key {
     Key::new(format!("blobs/{}", algorithm.as_str()))
+}
+
+/// The lease of a blob fill in progress (Lambda mode): at most one copy of a blob at a time.
+pub fn lease(digest: &Digest) -> Key {
+    Key::new(format!(
+        "leases/blobs/{}/{}",
+        digest.algorithm().as_str(),
+        digest.hex()
+    ))
 }
 
 fn repo_root(upstream: &str, repo: &RepoName) -> String {

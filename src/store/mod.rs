@@ -98,6 +98,46 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobRead>, StoreError>;
+
+    /// Reads a small object with its version tag (an S3 ETag), for a later
+    /// [`Store::put_if`] with [`Condition::Matches`]. Stores without conditional writes say so.
+    async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
+        Err(unsupported(key))
+    }
+
+    /// Writes a small object only if `condition` holds, atomically: the new version tag when it
+    /// did, `Ok(None)` when it did not (the object exists, or changed since it was read). The fill
+    /// leases of Lambda mode rest on this (S3 `If-None-Match: *` and `If-Match`).
+    async fn put_if(
+        &self,
+        key: &Key,
+        bytes: Bytes,
+        condition: Condition,
+    ) -> Result<Option<String>, StoreError> {
+        let _ = (bytes, condition);
+        Err(unsupported(key))
+    }
+
+    /// Deletes an object; deleting an absent one is not an error.
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        Err(unsupported(key))
+    }
+}
+
+/// The precondition of [`Store::put_if`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if no object exists under the key.
+    Absent,
+    /// Only if the object still has this version tag (from [`Store::get_versioned`]).
+    Matches(String),
+}
+
+fn unsupported(key: &Key) -> StoreError {
+    StoreError::Backend {
+        key: key.to_string(),
+        message: "this store has no conditional writes (Lambda mode needs the S3 store)".into(),
+    }
 }
 
 /// A client's `Range: bytes=` request, before it is checked against the object size.

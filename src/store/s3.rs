@@ -50,7 +50,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
-use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
+use super::{BlobRead, ByteStream, Condition, Key, RangeRequest, Store, StoreError};
 use crate::config::{Config, MIB, S3Settings, StoreLocation};
 
 /// S3's limit on the parts of one multipart upload.
@@ -119,37 +119,13 @@ impl S3Store {
             credentials,
         } = options;
 
-        let mut trust = TrustStore::default();
-        if let Some(path) = &ca_bundle {
-            trust = trust.with_pem_certificate(load_ca_bundle(path)?);
-        }
-        let tls_context = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|e| format!("S3 client TLS setup: {e}"))?;
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .tls_context(tls_context)
-            .build_https();
-
-        // The SDK's default region chain ends with the EC2 instance metadata service, a network
-        // call at start-up; ours stops at the environment and profile files.
-        let region = match &settings.region {
-            Some(r) => RegionProviderChain::first_try(Region::new(r.clone())),
-            None => RegionProviderChain::first_try(
-                aws_config::environment::EnvironmentVariableRegionProvider::new(),
-            )
-            .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-            .or_else(Region::from_static(FALLBACK_REGION)),
-        };
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http_client)
-            .region(region)
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(SharedCredentialsProvider::new(c));
-        }
-        let sdk = loader.load().await;
+        let sdk = load_sdk_config(
+            settings.region.as_deref(),
+            ca_bundle.as_deref(),
+            credentials,
+            settings.max_attempts,
+        )
+        .await?;
 
         // The SDK resolves AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / profile settings itself; we
         // look the same keys up only to know whether an override is in effect.
@@ -450,6 +426,121 @@ impl Store for S3Store {
             .map_err(|e| backend(&k, "presign GetObject", &e))?;
         Ok(Some(BlobRead::Redirect(req.uri().to_owned())))
     }
+
+    async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
+        let k = self.object_key(key);
+        tracing::debug!(op = "GetObject", key = %k, versioned = true);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        };
+        let e_tag = out.e_tag().unwrap_or_default().to_owned();
+        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+            key: k.clone(),
+            message: format!(
+                "S3 GetObject: reading the body: {}",
+                DisplayErrorContext(&e)
+            ),
+        })?;
+        Ok(Some((body.into_bytes(), e_tag)))
+    }
+
+    async fn put_if(
+        &self,
+        key: &Key,
+        bytes: Bytes,
+        condition: Condition,
+    ) -> Result<Option<String>, StoreError> {
+        let k = self.object_key(key);
+        tracing::debug!(op = "PutObject", key = %k, bytes = bytes.len(), ?condition);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .content_type("application/json")
+            .content_length(bytes.len() as i64)
+            .body(S3Body::from(bytes));
+        req = match &condition {
+            Condition::Absent => req.if_none_match("*"),
+            Condition::Matches(e_tag) => req.if_match(e_tag),
+        };
+        match req.send().await {
+            // S3 always answers a PUT with the new ETag.
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_owned())),
+            // 412: the condition failed; 409 ConditionalRequestConflict: another conditional
+            // write to the key was in progress. Either way another writer won.
+            Err(e) if is_precondition_failed(&e) || is_conditional_conflict(&e) => Ok(None),
+            Err(e) => Err(backend(&k, "PutObject", &e)),
+        }
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        let k = self.object_key(key);
+        tracing::debug!(op = "DeleteObject", key = %k);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&k)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| backend(&k, "DeleteObject", &e))
+    }
+}
+
+/// The AWS SDK configuration shared by every AWS client of the process (S3, and the signed
+/// Lambda and Secrets Manager calls): region from `region` or the environment and profile files
+/// (never the instance metadata service, so no network I/O), the standard credential chain (or
+/// fixed `credentials`), and an HTTPS client that trusts `ca_bundle` in addition to the platform
+/// roots.
+pub async fn load_sdk_config(
+    region: Option<&str>,
+    ca_bundle: Option<&Path>,
+    credentials: Option<Credentials>,
+    max_attempts: u32,
+) -> Result<aws_types::SdkConfig, String> {
+    let mut trust = TrustStore::default();
+    if let Some(path) = &ca_bundle {
+        trust = trust.with_pem_certificate(load_ca_bundle(path)?);
+    }
+    let tls_context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|e| format!("S3 client TLS setup: {e}"))?;
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls_context)
+        .build_https();
+
+    // The SDK's default region chain ends with the EC2 instance metadata service, a network
+    // call at start-up; ours stops at the environment and profile files.
+    let region = match &region {
+        Some(r) => RegionProviderChain::first_try(Region::new(String::from(*r))),
+        None => RegionProviderChain::first_try(
+            aws_config::environment::EnvironmentVariableRegionProvider::new(),
+        )
+        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+        .or_else(Region::from_static(FALLBACK_REGION)),
+    };
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .region(region)
+        .retry_config(RetryConfig::standard().with_max_attempts(max_attempts));
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(SharedCredentialsProvider::new(c));
+    }
+    Ok(loader.load().await)
 }
 
 /// Reads from `body` into `buf` until it holds at least `part_size` bytes (`Ok(false)`) or the
@@ -713,6 +804,16 @@ where
 {
     match e {
         SdkError::ServiceError(s) => s.err().code() == Some("PreconditionFailed"),
+        _ => false,
+    }
+}
+
+fn is_conditional_conflict<E, R>(e: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(s) => s.err().code() == Some("ConditionalRequestConflict"),
         _ => false,
     }
 }

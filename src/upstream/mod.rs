@@ -63,6 +63,18 @@ pub struct HeadInfo {
     pub content_type: Option<String>,
 }
 
+/// Where upstream credentials kept elsewhere are read: AWS Secrets Manager in practice
+/// ([`crate::aws::SecretsManager`]). Called on first use, never at start-up.
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    /// The `(username, password)` held by the secret `arn`.
+    async fn basic_credentials(&self, arn: &str) -> Result<(String, String), String>;
+}
+
+/// Where a blob GET was redirected to, when it left the upstream's own origin (a CDN's signed
+/// URL), recorded as soon as the redirect is seen, before that host answers.
+pub type RedirectSink = std::sync::Arc<std::sync::Mutex<Option<Url>>>;
+
 /// A blob body on its way from the upstream.
 pub struct BlobBody {
     pub len: Option<u64>,
@@ -93,10 +105,22 @@ pub struct Upstream {
     /// repository fetches its token first instead of taking a 401 round trip.
     realm: std::sync::Mutex<Option<(String, Option<String>)>>,
     request_timeout: Duration,
+    /// Reads `secret_arn` credentials; the answer is kept for the life of the process.
+    secrets: Option<std::sync::Arc<dyn SecretSource>>,
+    secret: tokio::sync::OnceCell<(String, String)>,
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig, global: &Config) -> Result<Upstream, reqwest::Error> {
+        Upstream::with_secrets(config, global, None)
+    }
+
+    /// An upstream whose `secret_arn` (if any) is read through `secrets`.
+    pub fn with_secrets(
+        config: UpstreamConfig,
+        global: &Config,
+        secrets: Option<std::sync::Arc<dyn SecretSource>>,
+    ) -> Result<Upstream, reqwest::Error> {
         let public = guard::is_public_upstream(&config.url);
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -114,6 +138,8 @@ impl Upstream {
             tokens: TokenCache::default(),
             realm: std::sync::Mutex::new(None),
             request_timeout: global.request_timeout,
+            secrets,
+            secret: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -190,9 +216,20 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<BlobBody, UpstreamError> {
+        self.get_blob_observed(repo, digest, None).await
+    }
+
+    /// [`Upstream::get_blob`], recording in `sink` a redirect to another origin that a client
+    /// could follow itself (https, or any scheme for an upstream configured as plain http).
+    pub async fn get_blob_observed(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        sink: Option<&RedirectSink>,
+    ) -> Result<BlobBody, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
-            .send_with_timeout(Method::GET, &path, repo, HeaderMap::new(), true, None)
+            .send_full(Method::GET, &path, repo, HeaderMap::new(), None, sink)
             .await?;
         let len = resp.content_length();
         let upstream = self.config.alias.clone();
@@ -296,8 +333,6 @@ impl Upstream {
         .await
     }
 
-    /// Sends a request with authentication, answering one auth challenge, following redirects,
-    /// and mapping non-2xx statuses to [`UpstreamError`].
     async fn send_with_timeout(
         &self,
         method: Method,
@@ -307,9 +342,26 @@ impl Upstream {
         follow_redirects: bool,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, UpstreamError> {
+        debug_assert!(follow_redirects);
+        self.send_full(method, path, repo, headers, timeout, None)
+            .await
+    }
+
+    /// Sends a request with authentication, answering one auth challenge, following redirects,
+    /// and mapping non-2xx statuses to [`UpstreamError`].
+    async fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &RepoName,
+        headers: HeaderMap,
+        timeout: Option<Duration>,
+        sink: Option<&RedirectSink>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let follow_redirects = true;
         let url = self.url(path)?;
         let scope = format!("repository:{repo}:pull");
-        let mut auth = self.cached_auth(&scope);
+        let mut auth = self.cached_auth(&scope).await?;
         let known_realm = self.realm.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if auth.is_none()
             && let Some((realm, service)) = known_realm
@@ -320,7 +372,15 @@ impl Upstream {
             auth = Some(format!("Bearer {token}"));
         }
         let mut resp = self
-            .send_once(&method, &url, &headers, auth, follow_redirects, timeout)
+            .send_once(
+                &method,
+                &url,
+                &headers,
+                auth,
+                follow_redirects,
+                timeout,
+                sink,
+            )
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
@@ -344,7 +404,7 @@ impl Upstream {
                     self.tokens.put(&scope, token.0.clone(), token.1);
                     Some(format!("Bearer {}", token.0))
                 }
-                Some(Challenge::Basic) => self.basic_auth(),
+                Some(Challenge::Basic) => self.basic_auth().await?,
                 None => None,
             };
             let Some(auth) = auth else {
@@ -361,6 +421,7 @@ impl Upstream {
                     Some(auth),
                     follow_redirects,
                     timeout,
+                    sink,
                 )
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
@@ -370,31 +431,61 @@ impl Upstream {
         self.check_status(resp).await
     }
 
-    fn cached_auth(&self, scope: &str) -> Option<String> {
-        self.tokens
-            .get(scope)
-            .map(|t| format!("Bearer {t}"))
-            .or_else(|| {
-                self.tokens
-                    .get(BASIC_MARKER)
-                    .and_then(|_| self.basic_auth())
-            })
+    async fn cached_auth(&self, scope: &str) -> Result<Option<String>, UpstreamError> {
+        if let Some(t) = self.tokens.get(scope) {
+            return Ok(Some(format!("Bearer {t}")));
+        }
+        if self.tokens.get(BASIC_MARKER).is_some() {
+            return self.basic_auth().await;
+        }
+        Ok(None)
     }
 
-    fn basic_auth(&self) -> Option<String> {
+    /// The configured credentials: from the file or environment, or read once from the
+    /// upstream's `secret_arn` and kept. A failed read is not kept: the next request tries again.
+    pub async fn credentials(&self) -> Result<Option<(String, String)>, UpstreamError> {
+        if let (Some(u), Some(p)) = (&self.config.username, &self.config.password) {
+            return Ok(Some((u.clone(), p.clone())));
+        }
+        let Some(arn) = &self.config.secret_arn else {
+            return Ok(None);
+        };
+        let Some(secrets) = &self.secrets else {
+            return Err(self.invalid(format!(
+                "credentials are in secret {arn}, but no secret reader is configured"
+            )));
+        };
+        let pair = self
+            .secret
+            .get_or_try_init(|| async {
+                let pair = secrets.basic_credentials(arn).await;
+                match &pair {
+                    Ok(_) => tracing::info!(upstream = %self.config.alias, secret = %arn, "upstream credentials read from Secrets Manager"),
+                    Err(e) => tracing::warn!(upstream = %self.config.alias, error = %e, "cannot read upstream credentials"),
+                }
+                pair
+            })
+            .await
+            .map_err(|e| UpstreamError::Unreachable {
+                upstream: self.config.alias.clone(),
+                detail: format!("cannot read its credentials: {e}"),
+            })?;
+        Ok(Some(pair.clone()))
+    }
+
+    async fn basic_auth(&self) -> Result<Option<String>, UpstreamError> {
         use base64::Engine as _;
-        let (u, p) = (
-            self.config.username.as_ref()?,
-            self.config.password.as_ref()?,
-        );
+        let Some((u, p)) = self.credentials().await? else {
+            return Ok(None);
+        };
         // Remember that this upstream takes Basic, so later requests skip the 401 round trip.
         self.tokens
             .put(BASIC_MARKER, String::new(), Duration::from_secs(3600));
         let raw = format!("{u}:{p}");
-        Some(format!(
+        Ok(Some(format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(raw)
-        ))
+        )))
     }
 
     async fn fetch_token(
@@ -421,8 +512,8 @@ impl Upstream {
         let mut req = self.http.get(url.clone()).timeout(self.request_timeout);
         // Credentials go to the realm only over https, or when the upstream itself is plain http
         // (a test or LAN registry explicitly marked insecure).
-        if let (Some(u), Some(p)) = (&self.config.username, &self.config.password)
-            && (url.scheme() == "https" || self.config.url.scheme() == "http")
+        if (url.scheme() == "https" || self.config.url.scheme() == "http")
+            && let Some((u, p)) = self.credentials().await?
         {
             req = req.basic_auth(u, Some(p));
         }
@@ -460,6 +551,7 @@ impl Upstream {
 
     /// One request, following redirects. `Authorization` is sent only to the upstream's own
     /// origin: a redirect to a CDN gets none. A connection failure is retried once.
+    #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
         method: &Method,
@@ -468,6 +560,7 @@ impl Upstream {
         auth: Option<String>,
         follow_redirects: bool,
         timeout: Option<Duration>,
+        sink: Option<&RedirectSink>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -501,6 +594,12 @@ impl Upstream {
             }
             if self.public {
                 guard::check_url(&next).map_err(|e| self.invalid(e))?;
+            }
+            if let Some(sink) = sink
+                && next.origin() != self.config.url.origin()
+                && (next.scheme() == "https" || self.config.url.scheme() == "http")
+            {
+                *sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
             }
             url = next;
         }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fake_registry;
+pub mod lambda;
+pub mod runtime_api;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
