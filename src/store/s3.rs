@@ -254,12 +254,16 @@ impl S3Store {
     }
 }
 
-#[async_trait::async_trait]
-impl Store for S3Store {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+impl S3Store {
+    /// GetObject, with a missing key as `None`; returns the full object key with the output.
+    async fn get_object(
+        &self,
+        key: &Key,
+    ) -> Result<Option<(String, aws_sdk_s3::operation::get_object::GetObjectOutput)>, StoreError>
+    {
         let k = self.object_key(key);
         tracing::debug!(op = "GetObject", key = %k);
-        let out = match self
+        match self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -267,11 +271,18 @@ impl Store for S3Store {
             .send()
             .await
         {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(backend(&k, "GetObject", &e)),
+            Ok(out) => Ok(Some((k, out))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(backend(&k, "GetObject", &e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for S3Store {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        let Some((k, out)) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let body = out.body.collect().await.map_err(|e| StoreError::Backend {
             key: k.clone(),
@@ -378,21 +389,8 @@ impl Store for S3Store {
         key: &Key,
     ) -> Result<Option<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>, StoreError>
     {
-        let k = self.object_key(key);
-        tracing::debug!(op = "GetObject", key = %k);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&k)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        let Some((_, out)) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let reader = out.body.into_async_read();
         Ok(Some(tokio_util::io::ReaderStream::new(reader).boxed()))
