@@ -161,14 +161,6 @@ pub struct Services {
 }
 
 impl Registry {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        clock: Arc<Clock>,
-    ) -> Result<Arc<Registry>, Error> {
-        Registry::with_services(config, store, clock, Services::default())
-    }
-
     pub fn with_services(
         config: Config,
         store: Arc<dyn Store>,

@@ -95,13 +95,6 @@ pub fn referrers(upstream: &str, repo: &RepoName, digest: &Digest) -> Key {
     ))
 }
 
-/// Where a blob key's digest is read back from, for `verify`-style walks.
-pub fn digest_of_blob_key(key: &str) -> Option<Digest> {
-    let rest = key.strip_prefix("blobs/")?;
-    let (alg, hex) = rest.split_once('/')?;
-    Digest::parse(&format!("{alg}:{hex}")).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,7 +114,6 @@ mod tests {
             marker("docker.io", &r, &d).as_str(),
             format!("repos/docker.io/library/alpine/_digests/sha256/{}", d.hex())
         );
-        assert_eq!(digest_of_blob_key(blob(&d).as_str()), Some(d));
     }
 
     #[test]
