@@ -122,3 +122,132 @@ fn verify_reports_a_blob_whose_bytes_do_not_match_its_name() {
     assert!(out.contains("STRANGE blobs/sha256/not-a-digest"), "{out}");
     assert!(out.contains("1 bad, 1 strange"), "{out}");
 }
+
+/// The same crash over the S3 store: the real binary is killed while a multipart upload of a
+/// blob is under way. Nothing appears under `blobs/` (the unfinished upload stays until the
+/// bucket's lifecycle rule aborts it), a restarted process fills the blob afresh, and
+/// `pullthrough verify` over the bucket finds everything good, then flags a bad object.
+/// (Multi-threaded: the S3 server runs on this runtime while a thread waits for the child.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_refills() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(102, 40 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let small = up.put_blob("team/app", blob_bytes(103, 10_000));
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pullthrough.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            local_config(&up.url()),
+            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1")
+        ),
+    )
+    .unwrap();
+    let store = format!("s3://{}", s3.bucket);
+    let args = [
+        "--store",
+        store.as_str(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
+        ("AWS_REGION", s3::REGION),
+    ];
+    let http = reqwest::Client::new(); // follows the 307 to S3
+
+    let mut server = ServerProcess::start_with_env(&args, &env);
+    let ok = http
+        .get(format!("{}/v2/team/app/blobs/{small}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&ok.bytes().await.unwrap()), small);
+
+    // The client of a cold blob over S3 waits for the whole upload; kill the process once the
+    // first part is stored.
+    let pending = tokio::spawn({
+        let (http, url) = (
+            http.clone(),
+            format!("{}/v2/team/app/blobs/{d}", server.url),
+        );
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    s3.wait_for("a stored part", |calls| {
+        calls
+            .iter()
+            .any(|c| c.op == "UploadPart" && c.error.is_none())
+    })
+    .await;
+    server.kill();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the client got an answer from a process killed mid-fill"
+    );
+    let (alg, hex) = d.split_once(':').unwrap();
+    assert!(
+        !s3.blob_keys("")
+            .await
+            .contains(&format!("blobs/{alg}/{hex}")),
+        "a half fill was published"
+    );
+    assert_eq!(
+        s3.multipart_uploads().await.len(),
+        1,
+        "the fill was not in progress when the process died"
+    );
+
+    // A new process: no lease or leftover blocks the refill.
+    let server = ServerProcess::start_with_env(&args, &env);
+    let body = http
+        .get(format!("{}/v2/team/app/blobs/{d}", server.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), data.len());
+    assert_eq!(sha256(&body), d);
+
+    let verify = |extra: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .arg("verify")
+            .args(args)
+            .envs(env.iter().chain(extra).copied())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("checked 2 blobs"), "{out}");
+    assert!(out.contains("0 bad"), "{out}");
+
+    // An object whose bytes do not match its name (written behind the proxy's back) is reported.
+    let bad_name = sha256(b"what the name promises");
+    s3.admin
+        .put_object()
+        .bucket(&s3.bucket)
+        .key(format!(
+            "blobs/sha256/{}",
+            bad_name.trim_start_matches("sha256:")
+        ))
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"something else",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&sha256(b"something else")), "{out}");
+    assert!(out.contains("1 bad"), "{out}");
+}

@@ -34,6 +34,8 @@ fn pull_plan(repo: &str, img: &MultiArch) -> Vec<(String, String)> {
     plan
 }
 
+/// One request as a client makes it; a 307 (S3 store) is followed to the presigned URL, which
+/// must serve the bytes. `http` must not follow redirects itself.
 async fn check(http: &reqwest::Client, base: &str, path: &str, expected: &str, head: bool) {
     let url = format!("{base}{path}");
     let req = if head { http.head(url) } else { http.get(url) };
@@ -42,16 +44,31 @@ async fn check(http: &reqwest::Client, base: &str, path: &str, expected: &str, h
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "{path}");
     assert_eq!(
         header(&resp, "docker-content-digest"),
         Some(expected),
         "{path}"
     );
+    let resp = if resp.status() == 307 && !head {
+        let location = header(&resp, "location").expect("Location").to_owned();
+        http.get(location).send().await.unwrap()
+    } else {
+        resp
+    };
+    assert_eq!(resp.status(), 200, "{path}");
     let body = resp.bytes().await.unwrap();
     if !head {
         assert_eq!(sha256(&body), expected, "{path}");
     }
+}
+
+/// A client for [`check`]: keeps connections, follows nothing by itself.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,15 +76,25 @@ async fn a_warm_cache_answers_20000_requests_at_concurrency_64_correctly() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 300);
     let proxy = Proxy::start(&up).await;
-    let plan = Arc::new(pull_plan("team/app", &img));
+    warm_load(&up, &img, &proxy, "filesystem").await;
+}
+
+/// Over S3 every blob GET is a 307 that the client follows to a presigned URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_s3_cache_answers_20000_requests_at_concurrency_64_correctly() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 302);
+    let proxy = Proxy::start_s3(&up).await;
+    warm_load(&up, &img, &proxy, "S3").await;
+}
+
+async fn warm_load(up: &FakeRegistry, img: &MultiArch, proxy: &Proxy, store: &str) {
+    let plan = Arc::new(pull_plan("team/app", img));
     for (path, d) in plan.iter() {
         check(&proxy.http, &proxy.url, path, d, false).await;
     }
     up.clear_requests();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
+    let http = client();
     let before = rss_kib();
     let base = proxy.url.clone();
     let total = 20_000usize;
@@ -84,7 +111,7 @@ async fn a_warm_cache_answers_20000_requests_at_concurrency_64_correctly() {
         .await;
     let after = rss_kib();
     println!(
-        "warm load: {total} requests at concurrency 64, all correct; test process RSS {before} KiB -> {after} KiB"
+        "warm load ({store} store): {total} requests at concurrency 64, all correct; test process RSS {before} KiB -> {after} KiB"
     );
     assert!(
         up.requests().is_empty(),
@@ -97,8 +124,31 @@ async fn one_hundred_concurrent_cold_pulls_fetch_everything_once() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 301);
     let proxy = Proxy::start(&up).await;
-    let plan = Arc::new(pull_plan("team/app", &img));
-    let http = reqwest::Client::new();
+    cold_load(&up, &img, &proxy, "filesystem").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_concurrent_cold_pulls_over_s3_fetch_everything_once() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 303);
+    let proxy = Proxy::start_s3(&up).await;
+    cold_load(&up, &img, &proxy, "S3").await;
+    // Each blob became one object, and no upload was left half done.
+    let s3 = proxy.s3();
+    for d in img.amd64.blob_digests() {
+        let (alg, hex) = d.split_once(':').unwrap();
+        assert!(
+            s3.blob_keys("")
+                .await
+                .contains(&format!("blobs/{alg}/{hex}"))
+        );
+    }
+    s3.assert_no_uploads().await;
+}
+
+async fn cold_load(up: &FakeRegistry, img: &MultiArch, proxy: &Proxy, store: &str) {
+    let plan = Arc::new(pull_plan("team/app", img));
+    let http = client();
     let base = proxy.url.clone();
     let pulls: Vec<_> = (0..100)
         .map(|_| {
@@ -126,7 +176,14 @@ async fn one_hundred_concurrent_cold_pulls_fetch_everything_once() {
         );
     }
     println!(
-        "cold load: 100 concurrent pulls, {} upstream requests in all",
+        "cold load ({store} store): 100 concurrent pulls, {} upstream requests in all",
         up.requests().len()
+    );
+    // Requests arriving while a blob's fill publishes it join that fill instead of asking the
+    // upstream to confirm the repository holds it.
+    assert_eq!(
+        up.count("HEAD", "/blobs/"),
+        0,
+        "a pull asked the upstream about a blob it was filling"
     );
 }

@@ -254,3 +254,196 @@ async fn a_store_that_keeps_failing_gives_503_unavailable() {
     proxy.s3().clear_faults();
     blob_via_redirect(&proxy, "team/app", &d).await;
 }
+
+/// Every upstream fault on content not yet cached is an OCI error for the client and leaves the
+/// bucket empty: no object, no multipart upload. Once the upstream is healthy the same pulls
+/// work; once it is gone, cold content is 503 naming it and cached content is still served.
+#[tokio::test]
+async fn upstream_faults_on_cold_content_are_oci_errors_and_leave_the_bucket_empty() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 40);
+    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let config_blob = img.amd64.blob_digests()[0].clone();
+    let blob = format!("/v2/team/app/blobs/{config_blob}");
+    let tag = "/v2/team/app/manifests/v1".to_owned();
+    let by_digest = format!("/v2/team/app/manifests/{}", img.amd64.digest);
+
+    let cases = [
+        (&blob, Fault::Status(500), 502, "UNAVAILABLE"),
+        (&blob, Fault::Status(503), 502, "UNAVAILABLE"),
+        (
+            &blob,
+            Fault::TooManyRequests { retry_after: 42 },
+            429,
+            "TOOMANYREQUESTS",
+        ),
+        (&blob, Fault::Html404, 404, "BLOB_UNKNOWN"),
+        (
+            &blob,
+            Fault::Stall(Duration::from_secs(5)),
+            503,
+            "UNAVAILABLE",
+        ),
+        (&blob, Fault::Truncate, 502, "UNAVAILABLE"),
+        (&blob, Fault::TamperBody, 502, "UNAVAILABLE"),
+        (&tag, Fault::Status(500), 502, "UNAVAILABLE"),
+        (
+            &tag,
+            Fault::TooManyRequests { retry_after: 42 },
+            429,
+            "TOOMANYREQUESTS",
+        ),
+        (&tag, Fault::Html404, 404, "MANIFEST_UNKNOWN"),
+        (
+            &tag,
+            Fault::Stall(Duration::from_secs(5)),
+            503,
+            "UNAVAILABLE",
+        ),
+        (&tag, Fault::WrongDigestHeader, 502, "UNAVAILABLE"),
+        (&tag, Fault::TamperBody, 502, "UNAVAILABLE"),
+        (&by_digest, Fault::TamperBody, 502, "UNAVAILABLE"),
+        (&by_digest, Fault::Truncate, 502, "UNAVAILABLE"),
+    ];
+    for (path, fault, status, code) in cases {
+        up.clear_faults();
+        up.add_fault(FaultRule::new(fault.clone()).path("/v2/team/app/"));
+        let resp = proxy.get(path, Some(DOCKER_CLIENT_ACCEPT)).await;
+        if status == 429 {
+            assert_eq!(header(&resp, "retry-after"), Some("42"), "{path} {fault:?}");
+        }
+        assert_eq!(resp.status().as_u16(), status, "{path} {fault:?}");
+        expect_oci_error(resp, status, code).await;
+        assert_eq!(
+            proxy.s3().object_keys("").await,
+            Vec::<String>::new(),
+            "{path} {fault:?} stored something"
+        );
+        proxy.s3().assert_no_uploads().await;
+    }
+
+    up.clear_faults();
+    full_pull(&proxy, "team/app", "v1", &img).await;
+
+    let fresh = up.put_blob("team/app", blob_bytes(41, 1000));
+    up.shutdown();
+    let msg = expect_oci_error(
+        proxy
+            .get(&format!("/v2/team/app/blobs/{fresh}"), None)
+            .await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(msg.contains("local"), "{msg}");
+    proxy.advance(Duration::from_secs(120));
+    let resp = proxy.get(&tag, Some(DOCKER_CLIENT_ACCEPT)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        header(&resp, "warning").is_some(),
+        "a stale answer carries a Warning"
+    );
+    assert_eq!(resp.bytes().await.unwrap(), img.index.bytes);
+    blob_via_redirect(&proxy, "team/app", &config_blob).await;
+}
+
+/// Another instance over the same bucket (nothing in its memory) serves what the first one
+/// cached with the token endpoint down and no upstream request at all, and after the TTL, with
+/// the upstream gone, serves the tag stale from the pointer in S3.
+#[tokio::test]
+async fn another_instance_serves_the_bucket_without_token_endpoint_or_upstream() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 43);
+    let proxy = Proxy::start_s3(&up).await;
+    full_pull(&proxy, "team/app", "v1", &img).await;
+
+    up.add_fault(FaultRule::new(Fault::Status(500)).path("/token"));
+    up.clear_requests();
+    let toml = format!("{}{}", local_config(&up.url()), proxy.s3().config_table(""));
+    let other = proxy.sibling_s3(&toml).await;
+    full_pull(&other, "team/app", "v1", &img).await;
+    assert_eq!(
+        describe(&up),
+        Vec::<String>::new(),
+        "a cached pull asked the upstream"
+    );
+
+    up.shutdown();
+    other.advance(Duration::from_secs(120));
+    let resp = other
+        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let warning = header(&resp, "warning").expect("a stale answer carries a Warning");
+    assert!(
+        warning.starts_with("299 - \"stale: local unreachable"),
+        "{warning}"
+    );
+    assert_eq!(resp.bytes().await.unwrap(), img.index.bytes);
+}
+
+/// S3 throttling and transient errors in the middle of a fill are retried: the client gets the
+/// blob, the upstream is asked once, and exactly one whole object ends up in the bucket.
+#[tokio::test]
+async fn throttling_and_transient_s3_errors_during_fills_are_retried() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 44);
+    let data = blob_bytes(45, 20 * 1024 * 1024);
+    let big = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let s3 = proxy.s3();
+    s3.add_fault("UploadPart", S3ErrorCode::SlowDown, Some(2));
+    s3.add_fault(
+        "CompleteMultipartUpload",
+        S3ErrorCode::InternalError,
+        Some(1),
+    );
+    s3.add_fault("PutObject", S3ErrorCode::SlowDown, Some(2));
+
+    let (_, body) = blob_via_redirect(&proxy, "team/app", &big).await;
+    assert_eq!(body, data);
+    full_pull(&proxy, "team/app", "v1", &img).await;
+
+    let failed = |op: &str| {
+        s3.calls()
+            .iter()
+            .filter(|c| c.op == op && c.error.is_some())
+            .count()
+    };
+    assert_eq!(failed("UploadPart"), 2);
+    assert_eq!(failed("CompleteMultipartUpload"), 1);
+    assert_eq!(failed("PutObject"), 2);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{big}")), 1);
+    let (alg, hex) = big.split_once(':').unwrap();
+    assert!(
+        s3.blob_keys("")
+            .await
+            .contains(&format!("blobs/{alg}/{hex}"))
+    );
+    s3.assert_no_uploads().await;
+}
+
+/// A bucket that keeps failing in the middle of a fill: the client gets 503, the upload is
+/// aborted, nothing is published; when S3 recovers the same request succeeds.
+#[tokio::test]
+async fn a_persistent_s3_failure_mid_fill_is_503_and_publishes_nothing() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(46, 20 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nmax_attempts = 2")).await;
+    proxy
+        .s3()
+        .add_fault("UploadPart", S3ErrorCode::InternalError, None);
+    expect_oci_error(
+        proxy.get(&format!("/v2/team/app/blobs/{d}"), None).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert_eq!(proxy.s3().blob_keys("").await, Vec::<String>::new());
+    proxy.s3().assert_no_uploads().await;
+
+    proxy.s3().clear_faults();
+    let (_, body) = blob_via_redirect(&proxy, "team/app", &d).await;
+    assert_eq!(body, data);
+}

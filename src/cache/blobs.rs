@@ -58,7 +58,7 @@ impl Registry {
             return Ok(BlobAnswer::Stored(read));
         }
         if self.store.head(&key).await?.is_some() {
-            self.confirm_with_upstream(target, digest).await?;
+            self.confirm_shared(target, digest).await?;
         } else if let Some(policy) = &self.fill_policy
             && self.store.serves_by_redirect()
         {
@@ -99,7 +99,7 @@ impl Registry {
             return Ok(m.size);
         }
         if let Some(size) = self.store.head(&keys::blob(digest)).await? {
-            self.confirm_with_upstream(target, digest).await?;
+            self.confirm_shared(target, digest).await?;
             return Ok(size);
         }
         let info = target
@@ -119,13 +119,31 @@ impl Registry {
         })
     }
 
+    /// The bytes are in the store but this repository has no marker for them: either a fill for
+    /// this repository is just writing it (join that fill), or they were stored for another
+    /// repository and the upstream must confirm this one holds them too. Concurrent requests
+    /// share one confirmation (one upstream HEAD), keyed like the fill.
+    async fn confirm_shared(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
+        let flight_key = format!("{}@{digest}", target.scoped_name());
+        let this = self.handle();
+        let (target, digest) = (target.clone(), digest.clone());
+        let (_, shared) = self.blob_flights.start(flight_key, move || async move {
+            // A fill that ended between our marker read and now has written it.
+            if let Some(m) = this.read_marker(&target, &digest).await? {
+                return Ok(m.size);
+            }
+            this.confirm_with_upstream(&target, &digest).await
+        });
+        shared.await
+    }
+
     /// The bytes are in the store (for another repository); the upstream confirms this
-    /// repository holds them too before they are served under its name.
+    /// repository holds them too before they are served under its name. Returns the size.
     pub(super) async fn confirm_with_upstream(
         &self,
         target: &Target,
         digest: &Digest,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let info = target
             .upstream
             .head_blob(&target.repo, digest)
@@ -135,7 +153,9 @@ impl Registry {
             Some(s) => s,
             None => self.store.head(&keys::blob(digest)).await?.unwrap_or(0),
         };
-        self.write_marker(target, digest, &Marker::blob(size)).await
+        self.write_marker(target, digest, &Marker::blob(size))
+            .await?;
+        Ok(size)
     }
 
     /// Copies a blob from the upstream into the store. Concurrent callers for the same
@@ -215,12 +235,15 @@ impl Registry {
         };
         let key = keys::blob(digest);
         // Another flight (another repository) may have finished it meanwhile.
-        if let Some(size) = self.store.head(&key).await? {
+        if self.store.head(&key).await?.is_some() {
             if let Some(s) = start_tx {
                 let _ = s.send(FillStart::AlreadyStored);
             }
-            self.confirm_with_upstream(target, digest).await?;
-            return Ok(size);
+            // A fill for this repository that ended just before this one started wrote it.
+            if let Some(m) = self.read_marker(target, digest).await? {
+                return Ok(m.size);
+            }
+            return self.confirm_with_upstream(target, digest).await;
         }
         let body = target
             .upstream

@@ -37,8 +37,9 @@ pub struct Proxy {
     pub store_dir: Arc<tempfile::TempDir>,
     pub clock: Arc<Clock>,
     pub http: reqwest::Client,
-    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`].
-    pub s3: Option<S3Server>,
+    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`] (shared with
+    /// its siblings).
+    pub s3: Option<Arc<S3Server>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -89,6 +90,12 @@ impl Proxy {
         Proxy::on_store(toml, Arc::clone(&self.store_dir)).await
     }
 
+    /// A second proxy over the same bucket (fresh memory, same S3 server): what another
+    /// instance or a restarted one sees. `toml` should hold the server's `[s3]` table.
+    pub async fn sibling_s3(&self, toml: &str) -> Proxy {
+        Proxy::over_s3(toml, Arc::clone(self.s3.as_ref().expect("a proxy over S3"))).await
+    }
+
     async fn on_store(toml: &str, store_dir: Arc<tempfile::TempDir>) -> Proxy {
         let settings = Settings {
             store: Some(store_dir.path().to_string_lossy().into_owned()),
@@ -119,6 +126,10 @@ impl Proxy {
     /// should hold `server.config_table(..)`. Options come from the config as in production
     /// (`AWS_CA_BUNDLE` included), credentials are the test server's.
     pub async fn with_s3_config(toml: &str, server: S3Server) -> Proxy {
+        Proxy::over_s3(toml, Arc::new(server)).await
+    }
+
+    async fn over_s3(toml: &str, server: Arc<S3Server>) -> Proxy {
         let settings = Settings {
             store: Some(format!("s3://{}", server.bucket)),
             ..Settings::default()
@@ -137,7 +148,7 @@ impl Proxy {
         config: Config,
         store: Arc<dyn Store>,
         store_dir: Arc<tempfile::TempDir>,
-        s3: Option<S3Server>,
+        s3: Option<Arc<S3Server>>,
     ) -> Proxy {
         let clock = Arc::new(Clock::default());
         let router = pullthrough::app(config, store, Arc::clone(&clock)).expect("app builds");
@@ -285,11 +296,17 @@ impl ServerProcess {
     /// Starts `pullthrough serve --listen 127.0.0.1:0 <args>` and waits for it to say where it
     /// listens.
     pub fn start(args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_env(args, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
