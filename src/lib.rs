@@ -80,6 +80,11 @@ pub fn build(
             let key = config.token_key.as_ref().map(|k| k.as_bytes().to_vec());
             Some(Arc::new(access::ClientAuth::new(users, key)?))
         }
+        config::ClientAuthSetting::Secret { arn, .. } => {
+            return Err(format!(
+                "PULLTHROUGH_AUTH={arn}: users from a secret are not supported yet"
+            ));
+        }
     };
     let store = Arc::new(store::counted::Counted::new(store));
     let registry =
