@@ -222,8 +222,8 @@ fn join(base: &Url, path: &str) -> Url {
     url
 }
 
-/// Secrets Manager `GetSecretValue`, for upstream credentials stored as
-/// `{"username":"…","password":"…"}`.
+/// Secrets Manager `GetSecretValue`: upstream credentials stored as
+/// `{"username":"…","password":"…"}`, and client users stored as htpasswd text.
 pub struct SecretsManager {
     api: Arc<AwsApi>,
     /// From the environment at start-up; `None`: the secret's own regional endpoint.
@@ -257,7 +257,7 @@ impl SecretsManager {
 
 #[async_trait::async_trait]
 impl SecretSource for SecretsManager {
-    async fn basic_credentials(&self, arn: &str) -> Result<(String, String), String> {
+    async fn secret_string(&self, arn: &str) -> Result<String, String> {
         // A secret lives in the region its ARN names.
         let region = crate::config::secret_arn_region(arn).unwrap_or(self.api.region());
         let url = match &self.endpoint_override {
@@ -286,27 +286,18 @@ impl SecretSource for SecretsManager {
             #[serde(rename = "SecretString")]
             secret_string: Option<String>,
         }
-        #[derive(Deserialize)]
-        struct Basic {
-            username: String,
-            password: String,
-        }
-        let answer: Answer = serde_json::from_slice(&answer)
-            .map_err(|e| format!("GetSecretValue {arn}: unreadable answer: {e}"))?;
-        let text = answer.secret_string.ok_or_else(|| {
-            format!("secret {arn} has no SecretString (binary secrets are not supported)")
-        })?;
-        let basic: Basic = serde_json::from_str(&text).map_err(|_| {
+        // Not serde's own message: it may quote values, and this answer holds the secret.
+        let answer: Answer = serde_json::from_slice(&answer).map_err(|e| {
             format!(
-                "secret {arn} is not JSON of the form {{\"username\":\"…\",\"password\":\"…\"}}"
+                "GetSecretValue {arn}: unreadable answer ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
             )
         })?;
-        if basic.username.is_empty() || basic.password.is_empty() {
-            return Err(format!(
-                "secret {arn}: username and password must not be empty"
-            ));
-        }
-        Ok((basic.username, basic.password))
+        answer.secret_string.ok_or_else(|| {
+            format!("secret {arn} has no SecretString (binary secrets are not supported)")
+        })
     }
 }
 

@@ -48,7 +48,17 @@ pub enum ClientAuthSetting {
     None,
     /// The text of an htpasswd file (validated: bcrypt entries only).
     Htpasswd(String),
+    /// An AWS Secrets Manager secret whose `SecretString` is htpasswd text. Read on the first
+    /// request that needs a user (never at start-up), then again every `refresh`.
+    Secret {
+        arn: String,
+        refresh: Duration,
+    },
 }
+
+/// Default of `PULLTHROUGH_AUTH_REFRESH`: how long users read from a secret are used before the
+/// secret is read again.
+pub const DEFAULT_AUTH_REFRESH: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -146,9 +156,13 @@ pub struct Settings {
     /// Lifetime of presigned blob URLs (S3 store), e.g. 15m.
     #[arg(long, env = "PULLTHROUGH_PRESIGN_TTL")]
     pub presign_ttl: Option<String>,
-    /// Client authentication: `none`, or the path of an htpasswd file with bcrypt entries.
+    /// Client authentication: `none`, the path of an htpasswd file with bcrypt entries, or the
+    /// ARN of a Secrets Manager secret holding such a file's text.
     #[arg(long, env = "PULLTHROUGH_AUTH")]
     pub auth: Option<String>,
+    /// With users from a secret: how often the secret is read again, e.g. 5m (10s to 1d).
+    #[arg(long, env = "PULLTHROUGH_AUTH_REFRESH")]
+    pub auth_refresh: Option<String>,
     /// Key that signs client tokens (32+ characters); set the same on every instance so tokens
     /// are accepted by all. Random per process when unset.
     #[arg(long, env = "PULLTHROUGH_TOKEN_KEY", hide_env_values = true)]
@@ -176,6 +190,7 @@ struct FileConfig {
     tag_ttl: Option<String>,
     presign_ttl: Option<String>,
     auth: Option<String>,
+    auth_refresh: Option<String>,
     max_manifest_size: Option<u64>,
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
@@ -353,23 +368,13 @@ impl Config {
             }
         }
 
-        let auth = s
-            .auth
-            .clone()
-            .or(file.auth)
-            .unwrap_or_else(|| "none".into());
-        let auth = if auth == "none" {
-            ClientAuthSetting::None
-        } else {
-            let text = std::fs::read_to_string(&auth).map_err(|e| {
-                err(format!(
-                    "PULLTHROUGH_AUTH: cannot read htpasswd file {auth:?}: {e} (use \"none\" to turn client auth off)"
-                ))
-            })?;
-            crate::access::Htpasswd::parse(&text)
-                .map_err(|e| err(format!("PULLTHROUGH_AUTH: htpasswd file {auth:?}: {e}")))?;
-            ClientAuthSetting::Htpasswd(text)
-        };
+        let auth = parse_client_auth(
+            &s.auth
+                .clone()
+                .or(file.auth)
+                .unwrap_or_else(|| "none".into()),
+            s.auth_refresh.clone().or(file.auth_refresh),
+        )?;
         let token_key = s.token_key.clone();
         if token_key.as_ref().is_some_and(|k| k.len() < 32) {
             return Err(err("PULLTHROUGH_TOKEN_KEY: use at least 32 characters"));
@@ -500,7 +505,7 @@ fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
                 "{what}: give secret_arn or username/password, not both"
             )));
         }
-        check_secret_arn(arn).map_err(|e| err(format!("{what}: {e}")))?;
+        check_secret_arn(arn).map_err(|e| err(format!("{what}: secret_arn {e}")))?;
     }
     if u.username.is_some() != u.password.is_some() {
         return Err(err(format!(
@@ -569,6 +574,56 @@ fn credentials_from_env(
     }
 }
 
+/// `PULLTHROUGH_AUTH` (`--auth`, `auth`): `none`, a Secrets Manager secret ARN (anything starting
+/// with `arn:` is taken for one and must be well formed), else the path of an htpasswd file,
+/// which is read and checked now. `refresh` (`PULLTHROUGH_AUTH_REFRESH`) applies to secrets only.
+fn parse_client_auth(
+    auth: &str,
+    refresh: Option<String>,
+) -> Result<ClientAuthSetting, ConfigError> {
+    if !auth.starts_with("arn:") {
+        if refresh.is_some() {
+            return Err(err(
+                "PULLTHROUGH_AUTH_REFRESH: only applies when PULLTHROUGH_AUTH is a Secrets Manager secret ARN",
+            ));
+        }
+        if auth == "none" {
+            return Ok(ClientAuthSetting::None);
+        }
+        if auth.is_empty() {
+            return Err(err(
+                "PULLTHROUGH_AUTH: empty; give \"none\", an htpasswd file or a Secrets Manager secret ARN",
+            ));
+        }
+        let text = std::fs::read_to_string(auth).map_err(|e| {
+            err(format!(
+                "PULLTHROUGH_AUTH: cannot read htpasswd file {auth:?}: {e} (use \"none\" to turn client auth off)"
+            ))
+        })?;
+        crate::access::Htpasswd::parse(&text)
+            .map_err(|e| err(format!("PULLTHROUGH_AUTH: htpasswd file {auth:?}: {e}")))?;
+        return Ok(ClientAuthSetting::Htpasswd(text));
+    }
+    check_secret_arn(auth).map_err(|e| {
+        err(format!(
+            "PULLTHROUGH_AUTH: {e}; give \"none\", an htpasswd file, or the ARN of the secret that holds the users"
+        ))
+    })?;
+    let refresh = match &refresh {
+        None => DEFAULT_AUTH_REFRESH,
+        Some(t) => parse_duration(t).map_err(|e| err(format!("PULLTHROUGH_AUTH_REFRESH: {e}")))?,
+    };
+    if refresh < Duration::from_secs(10) || refresh > Duration::from_secs(86400) {
+        return Err(err(
+            "PULLTHROUGH_AUTH_REFRESH: must be between 10s and 1d (default 5m)",
+        ));
+    }
+    Ok(ClientAuthSetting::Secret {
+        arn: auth.to_owned(),
+        refresh,
+    })
+}
+
 /// Checks the shape `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>`.
 pub fn check_secret_arn(arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(7, ':').collect();
@@ -589,7 +644,7 @@ pub fn check_secret_arn(arn: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "secret_arn {arn:?} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
+            "{arn:?} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
         ))
     }
 }
@@ -1008,6 +1063,93 @@ max_attempts = 3
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn client_auth_from_a_secret_arn() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:pullthrough/users-AbCdEf";
+        let with = |auth: &str, refresh: Option<&str>| {
+            Config::load(&Settings {
+                auth: Some(auth.into()),
+                auth_refresh: refresh.map(Into::into),
+                ..Settings::default()
+            })
+        };
+        // Start-up reads nothing: the ARN is only checked for its shape.
+        assert_eq!(
+            with(arn, None).unwrap().auth,
+            ClientAuthSetting::Secret {
+                arn: arn.into(),
+                refresh: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(
+            with(arn, Some("1m")).unwrap().auth,
+            ClientAuthSetting::Secret {
+                arn: arn.into(),
+                refresh: Duration::from_secs(60)
+            }
+        );
+        // Other partitions, and the same from the config file.
+        let cn = "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:users-AbCdEf";
+        let c = Config::from_toml(
+            &Settings::default(),
+            &format!("auth = \"{cn}\"\nauth_refresh = \"30s\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth,
+            ClientAuthSetting::Secret {
+                arn: cn.into(),
+                refresh: Duration::from_secs(30)
+            }
+        );
+        assert_eq!(
+            Config::load(&Settings::default()).unwrap().auth,
+            ClientAuthSetting::None
+        );
+    }
+
+    #[test]
+    fn client_auth_mistakes_are_explained() {
+        let bad = |auth: &str, refresh: Option<&str>| {
+            Config::load(&Settings {
+                auth: Some(auth.into()),
+                auth_refresh: refresh.map(Into::into),
+                ..Settings::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        for arn in [
+            "arn:aws:secretsmanager:eu-west-1:123:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+            "arn:aws:s3:::bucket",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:parameter:x",
+            "arn:aws:secretsmanager:EU:123456789012:secret:x",
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:a b",
+        ] {
+            let e = bad(arn, None);
+            assert!(
+                e.contains("PULLTHROUGH_AUTH")
+                    && e.contains("is not a Secrets Manager secret ARN")
+                    && e.contains("arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME"),
+                "{arn}: {e}"
+            );
+        }
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:users-AbCdEf";
+        for refresh in ["1s", "2d", "soon"] {
+            let e = bad(arn, Some(refresh));
+            assert!(e.contains("PULLTHROUGH_AUTH_REFRESH"), "{refresh}: {e}");
+        }
+        let e = bad("none", Some("5m"));
+        assert!(
+            e.contains("PULLTHROUGH_AUTH_REFRESH") && e.contains("only applies"),
+            "{e}"
+        );
+        assert!(bad("", None).contains("empty"));
+        let e = bad("/nonexistent/htpasswd", None);
+        assert!(e.contains("cannot read htpasswd file"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`upstream`]: the registry client (token auth, redirects, timeouts), one per upstream.
 //! - [`store`]: the store trait, the key scheme, the filesystem store and the S3 store.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
-//! - [`access`]: per-upstream repository allow-lists.
+//! - [`access`]: client authentication (htpasswd users from a file or a Secrets Manager secret,
+//!   our own tokens) and per-upstream repository allow-lists.
 //! - [`verify`]: the `verify` command's check that every stored blob matches its name.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //! - [`lambda`]: Lambda mode: API Gateway / function URL events into the same router, and the
@@ -73,12 +74,25 @@ pub fn build(
     clock: Arc<Clock>,
     services: Services,
 ) -> Result<(axum::Router, Arc<Registry>), String> {
+    let key = config.token_key.as_ref().map(|k| k.as_bytes().to_vec());
     let auth = match &config.auth {
         config::ClientAuthSetting::None => None,
         config::ClientAuthSetting::Htpasswd(text) => {
             let users = access::Htpasswd::parse(text)?;
-            let key = config.token_key.as_ref().map(|k| k.as_bytes().to_vec());
             Some(Arc::new(access::ClientAuth::new(users, key)?))
+        }
+        config::ClientAuthSetting::Secret { arn, refresh } => {
+            let secrets = services.secrets.clone().ok_or_else(|| {
+                format!(
+                    "PULLTHROUGH_AUTH names the secret {arn}, but no Secrets Manager client was configured"
+                )
+            })?;
+            Some(Arc::new(access::ClientAuth::from_secret(
+                arn.clone(),
+                secrets,
+                *refresh,
+                key,
+            )?))
         }
     };
     let store = Arc::new(store::counted::Counted::new(store));
@@ -103,10 +117,13 @@ pub async fn aws_api(config: &Config) -> Result<Arc<aws::AwsApi>, String> {
     aws::AwsApi::new(&sdk).map(Arc::new)
 }
 
-/// The services of the server: a Secrets Manager reader when an upstream has a `secret_arn`.
+/// The services of the server: a Secrets Manager reader when an upstream has a `secret_arn` or
+/// the client users are in a secret.
 pub async fn server_services(config: &Config) -> Result<Services, String> {
     let mut services = Services::default();
-    if config.upstreams.iter().any(|u| u.secret_arn.is_some()) {
+    if config.upstreams.iter().any(|u| u.secret_arn.is_some())
+        || matches!(config.auth, config::ClientAuthSetting::Secret { .. })
+    {
         let api = aws_api(config).await?;
         services.secrets = Some(Arc::new(aws::SecretsManager::new(api)?));
     }

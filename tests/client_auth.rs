@@ -1,12 +1,17 @@
-//! Client authentication: htpasswd users, the registry token flow through our own `/token`
-//! endpoint, and nothing reaching the upstream or the store without valid credentials.
+//! Client authentication: htpasswd users (from a file or from an AWS Secrets Manager secret,
+//! read lazily through the fake AWS endpoint of `common::lambda`), the registry token flow
+//! through our own `/token` endpoint, and nothing reaching the upstream or the store without
+//! valid credentials.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::lambda::{FakeAws, Source, call, function};
 use common::*;
+use pullthrough::cache::{Clock, Services};
 
 async fn proxy_with_users(up: &FakeRegistry) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -155,4 +160,518 @@ async fn a_registry_client_logs_in_and_pulls() {
         .await
         .expect("pull with login");
     assert_eq!(digest, img.index.digest);
+}
+
+// --- Users from a Secrets Manager secret ---------------------------------------------------
+
+/// In us-east-1: the region the fake AWS endpoint checks signatures for.
+const USERS_ARN: &str =
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:pullthrough/users-AbCdEf";
+
+/// htpasswd text with bcrypt entries (cost 4, the minimum, to keep the tests fast).
+fn htpasswd(users: &[(&str, &str)]) -> String {
+    users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .collect()
+}
+
+fn secret_config(up: &FakeRegistry, arn: &str, extra: &str) -> String {
+    local_config_with(&up.url(), &format!("auth = \"{arn}\"\n{extra}"))
+}
+
+fn with_secrets(aws: &FakeAws) -> Services {
+    Services {
+        secrets: Some(aws.secrets_manager()),
+        ..Services::default()
+    }
+}
+
+/// A proxy whose users are in the secret [`USERS_ARN`] of `aws`.
+async fn proxy_with_secret(up: &FakeRegistry, aws: &FakeAws, extra: &str) -> Proxy {
+    Proxy::with_services(&secret_config(up, USERS_ARN, extra), with_secrets(aws)).await
+}
+
+async fn token_for(proxy: &Proxy, user: &str, password: &str) -> String {
+    let resp = get_with(
+        proxy,
+        "/token?service=pullthrough&scope=repository:team/app:pull",
+        &basic(user, password),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "token for {user}");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn status_with(proxy: &Proxy, path: &str, authorization: &str) -> u16 {
+    get_with(proxy, path, authorization).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn users_from_a_secret_log_in_with_basic_and_tokens_and_pull() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 93);
+    let aws = FakeAws::start().await;
+    aws.put_secret(
+        USERS_ARN,
+        &htpasswd(&[("alice", "s3cret"), ("bob", "hunter2")]),
+    );
+    let proxy = proxy_with_secret(&up, &aws, "").await;
+    assert!(aws.calls().is_empty(), "nothing is read at start-up");
+
+    // No credentials: the challenge, without reading the secret.
+    let resp = proxy.get("/v2/", None).await;
+    assert!(header(&resp, "www-authenticate").is_some_and(|h| h.starts_with("Bearer realm=")));
+    expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    assert!(
+        aws.calls().is_empty(),
+        "an anonymous request read the secret"
+    );
+
+    // The token flow.
+    let token = token_for(&proxy, "alice", "s3cret").await;
+    let resp = get_with(
+        &proxy,
+        "/v2/team/app/manifests/v1",
+        &format!("Bearer {token}"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "docker-content-digest"),
+        Some(img.index.digest.as_str())
+    );
+    // Basic, for another user of the same secret, down to a blob's bytes.
+    let layer = &img.amd64.blob_digests()[1];
+    let resp = get_with(
+        &proxy,
+        &format!("/v2/team/app/blobs/{layer}"),
+        &basic("bob", "hunter2"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(sha256(&resp.bytes().await.unwrap()), *layer);
+
+    // Wrong passwords and unknown users: 401, on /v2/ and on /token.
+    for (user, password) in [("alice", "hunter2"), ("bob", "s3cret"), ("carol", "s3cret")] {
+        let resp = get_with(&proxy, "/v2/team/app/manifests/v1", &basic(user, password)).await;
+        expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+        let resp = get_with(&proxy, "/token", &basic(user, password)).await;
+        expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    }
+
+    // A registry client logs in and pulls.
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    use oci_client::secrets::RegistryAuth;
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let host = proxy.url.trim_start_matches("http://");
+    let reference: oci_client::Reference = format!("{host}/team/app:v1").parse().unwrap();
+    let (_, digest) = client
+        .pull_manifest(
+            &reference,
+            &RegistryAuth::Basic("bob".into(), "hunter2".into()),
+        )
+        .await
+        .expect("pull with login");
+    assert_eq!(digest, img.index.digest);
+
+    // Many requests, one read, signed, of that secret.
+    for _ in 0..5 {
+        assert_eq!(
+            status_with(&proxy, "/v2/", &basic("alice", "s3cret")).await,
+            200
+        );
+        assert_eq!(
+            status_with(&proxy, "/v2/", &format!("Bearer {token}")).await,
+            200
+        );
+    }
+    let calls = aws.calls();
+    assert_eq!(calls.len(), 1, "the secret is read once: {calls:?}");
+    assert_eq!(calls[0].op, "GetSecretValue");
+    assert!(
+        calls[0].signature_ok,
+        "SigV4-signed: {:?}",
+        calls[0].headers
+    );
+    let asked: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+    assert_eq!(asked["SecretId"], USERS_ARN);
+}
+
+#[tokio::test]
+async fn an_unreadable_secret_fails_closed_with_503_and_leaks_nothing() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 94);
+    let aws = FakeAws::start().await;
+    // No such secret yet (Secrets Manager answers ResourceNotFoundException).
+    let proxy = proxy_with_secret(&up, &aws, "").await;
+    let forged = format!(
+        "Bearer {}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"alice","exp":99999999999}"#),
+        "c2lnbmF0dXJl"
+    );
+    for (path, authorization) in [
+        ("/v2/team/app/manifests/v1", basic("alice", "s3cret")),
+        ("/v2/", forged.clone()),
+        ("/token?service=pullthrough", basic("alice", "s3cret")),
+    ] {
+        let resp = get_with(&proxy, path, &authorization).await;
+        assert_eq!(header(&resp, "retry-after"), Some("10"), "{path}");
+        let msg = expect_oci_error(resp, 503, "UNAVAILABLE").await;
+        assert!(
+            msg.contains("client-auth secret") && msg.contains("could not be read"),
+            "{msg}"
+        );
+        assert!(msg.contains(USERS_ARN), "{msg}");
+        assert!(!msg.contains("ResourceNotFound"), "{msg}");
+    }
+    // Without credentials it is still the 401 challenge: nobody gets in either way.
+    expect_oci_error(proxy.get("/v2/", None).await, 401, "UNAUTHORIZED").await;
+    // The three requests shared one failed read (it stands for 10 s).
+    assert_eq!(aws.count("GetSecretValue"), 1);
+
+    // A secret that is not usable htpasswd: the 503 says what is wrong and quotes nothing.
+    let good = htpasswd(&[("alice", "s3cret")]);
+    let bad_line = "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
+    aws.put_secret(USERS_ARN, &format!("{good}{bad_line}\n"));
+    proxy.advance(Duration::from_secs(10));
+    let resp = get_with(&proxy, "/v2/", &basic("alice", "s3cret")).await;
+    let msg = expect_oci_error(resp, 503, "UNAVAILABLE").await;
+    assert!(
+        msg.contains(USERS_ARN) && msg.contains("line 2 is not a bcrypt entry"),
+        "{msg}"
+    );
+    let alice_hash = good.trim().split_once(':').unwrap().1;
+    for leak in [
+        alice_hash,
+        "W6ph5Mm5Pz8GgiULbPgzG37mj9g",
+        "bob",
+        "alice",
+        "s3cret",
+    ] {
+        assert!(!msg.contains(leak), "{leak:?} in {msg}");
+    }
+    // Key/value JSON (the console's default editor) gets a hint.
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    aws.put_secret(USERS_ARN, &format!("{{\"alice\":\"{hash}\"}}"));
+    proxy.advance(Duration::from_secs(10));
+    let resp = get_with(&proxy, "/v2/", &basic("alice", "s3cret")).await;
+    let msg = expect_oci_error(resp, 503, "UNAVAILABLE").await;
+    assert!(
+        msg.contains("holds JSON") && !msg.contains(&hash[7..]),
+        "{msg}"
+    );
+
+    // Nothing got through to the upstream or into the store.
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    assert!(proxy.all_files().is_empty());
+
+    // Once the secret is right, the next read lets its users in.
+    aws.put_secret(USERS_ARN, &good);
+    proxy.advance(Duration::from_secs(10));
+    assert_eq!(
+        status_with(
+            &proxy,
+            "/v2/team/app/manifests/v1",
+            &basic("alice", "s3cret")
+        )
+        .await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 4);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_takes_effect_after_the_refresh_interval() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 95);
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "old-pass")]));
+    let proxy = proxy_with_secret(&up, &aws, "auth_refresh = \"1m\"").await;
+    let path = "/v2/team/app/manifests/v1";
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "old-pass")).await,
+        200
+    );
+    let old_token = token_for(&proxy, "alice", "old-pass").await;
+
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "new-pass")]));
+    // Within the interval the users read last are used, without asking again.
+    proxy.advance(Duration::from_secs(59));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "old-pass")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "new-pass")).await,
+        401
+    );
+    assert_eq!(
+        status_with(&proxy, path, &format!("Bearer {old_token}")).await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 1);
+
+    // After it, the rotated secret is read: the new password works, the old one does not,
+    // remembered or not, and tokens signed before the rotation stop working though unexpired
+    // (the token key is derived from the secret's content).
+    proxy.advance(Duration::from_secs(2));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "new-pass")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "old-pass")).await,
+        401
+    );
+    assert_eq!(
+        status_with(&proxy, path, &format!("Bearer {old_token}")).await,
+        401
+    );
+    let resp = get_with(&proxy, "/token", &basic("alice", "old-pass")).await;
+    expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    let new_token = token_for(&proxy, "alice", "new-pass").await;
+    assert_eq!(
+        status_with(&proxy, path, &format!("Bearer {new_token}")).await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 2);
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_last_good_users() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 96);
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "s3cret")]));
+    let proxy = proxy_with_secret(&up, &aws, "").await;
+    let path = "/v2/team/app/manifests/v1";
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "s3cret")).await,
+        200
+    );
+    let token = token_for(&proxy, "alice", "s3cret").await;
+
+    // Secrets Manager fails once the default interval (5 minutes) has passed.
+    aws.fail_secret_reads_with(Some(500));
+    proxy.advance(Duration::from_secs(301));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "s3cret")).await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 2, "the refresh was tried");
+    let fresh_token = token_for(&proxy, "alice", "s3cret").await;
+    assert_eq!(
+        status_with(&proxy, path, &format!("Bearer {fresh_token}")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "wrong")).await,
+        401
+    );
+    assert_eq!(
+        aws.count("GetSecretValue"),
+        2,
+        "a failure stands for a while"
+    );
+    // The token from before the failed refresh expired meanwhile (5 minutes).
+    assert_eq!(
+        status_with(&proxy, path, &format!("Bearer {token}")).await,
+        401
+    );
+
+    // Tried again 10 s later; so is a secret whose new text is broken: the last good users stay.
+    proxy.advance(Duration::from_secs(10));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "s3cret")).await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 3);
+    aws.fail_secret_reads_with(None);
+    aws.put_secret(USERS_ARN, "alice:not-a-hash\n");
+    proxy.advance(Duration::from_secs(10));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "s3cret")).await,
+        200
+    );
+    assert_eq!(aws.count("GetSecretValue"), 4);
+
+    // Repaired and rotated: the next read replaces the users.
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "rotated")]));
+    proxy.advance(Duration::from_secs(10));
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "rotated")).await,
+        200
+    );
+    assert_eq!(
+        status_with(&proxy, path, &basic("alice", "s3cret")).await,
+        401
+    );
+    assert_eq!(aws.count("GetSecretValue"), 5);
+}
+
+#[tokio::test]
+async fn instances_reading_the_same_secret_accept_each_others_tokens() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 97);
+    let aws = FakeAws::start().await;
+    let users = htpasswd(&[("alice", "s3cret")]);
+    aws.put_secret(USERS_ARN, &users);
+    // Two instances, no PULLTHROUGH_TOKEN_KEY: the key is derived from the secret.
+    let a = proxy_with_secret(&up, &aws, "").await;
+    let b = a
+        .sibling_with_services(&secret_config(&up, USERS_ARN, ""), with_secrets(&aws))
+        .await;
+    let token = token_for(&a, "alice", "s3cret").await;
+    let path = "/v2/team/app/manifests/v1";
+    assert_eq!(status_with(&b, path, &format!("Bearer {token}")).await, 200);
+    let token_b = token_for(&b, "alice", "s3cret").await;
+    assert_eq!(
+        status_with(&a, path, &format!("Bearer {token_b}")).await,
+        200
+    );
+
+    // A deployment with another secret (the same user and password, other salts) does not
+    // accept them: its key is another.
+    let other_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:other-users-AbCdEf";
+    aws.put_secret(other_arn, &htpasswd(&[("alice", "s3cret")]));
+    let c = Proxy::with_services(&secret_config(&up, other_arn, ""), with_secrets(&aws)).await;
+    assert_eq!(status_with(&c, path, &basic("alice", "s3cret")).await, 200);
+    assert_eq!(status_with(&c, path, &format!("Bearer {token}")).await, 401);
+}
+
+#[tokio::test]
+async fn concurrent_first_lambda_invocations_share_one_secret_read() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    push_oci_index(&up, "team/app", "v1", 98);
+    let s3 = S3Server::start().await;
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "s3cret")]));
+    let toml = format!(
+        "{}{}",
+        secret_config(&up, USERS_ARN, ""),
+        s3.config_table("")
+    );
+    let f = function(&toml, &s3, &aws, Arc::new(Clock::default())).await;
+    assert!(aws.calls().is_empty(), "init reads nothing");
+    let good = basic("alice", "s3cret");
+    let bad = basic("alice", "wrong");
+    // The test runs on one thread: every invocation below is polled (up to the secret read, or
+    // the wait for it) before the fake endpoint can answer the first read.
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        let authorization = if i == 7 { bad.as_str() } else { good.as_str() };
+        let f = &f;
+        async move {
+            call(
+                f,
+                Source::HttpApi,
+                "GET",
+                "/v2/team/app/manifests/v1",
+                &[
+                    ("accept", DOCKER_CLIENT_ACCEPT),
+                    ("authorization", authorization),
+                ],
+            )
+            .await
+        }
+    }))
+    .await;
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a.status, if i == 7 { 401 } else { 200 }, "{:?}", a.raw);
+    }
+    assert_eq!(aws.count("GetSecretValue"), 1, "{:?}", aws.calls());
+}
+
+#[tokio::test]
+async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
+    let aws = FakeAws::start().await;
+    let password = "pw-that-must-not-be-logged";
+    let good = htpasswd(&[("alice", password)]);
+    let alice_hash = good.trim().split_once(':').unwrap().1.to_owned();
+    let bad_line = "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
+    aws.put_secret(USERS_ARN, &format!("{good}{bad_line}\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let (mut server, log) = ServerProcess::start_logged(
+        &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
+        &[
+            ("RUST_LOG", "debug"),
+            ("AWS_REGION", s3::REGION),
+            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url),
+        ],
+    );
+    assert!(aws.calls().is_empty(), "nothing is read at start-up");
+    let http = reqwest::Client::new();
+    let get = |authorization: String| {
+        http.get(format!("{}/v2/", server.url))
+            .header("authorization", authorization)
+            .send()
+    };
+    // Broken text: 503, and the log says why without quoting it.
+    let resp = get(basic("alice", password)).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    // Any other credentials get the same: while no users are known, nobody gets in.
+    let resp = get(basic("alice", "wrong")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    server.kill();
+    let log = log.join().unwrap();
+    assert!(
+        log.contains(USERS_ARN) && log.contains("line 2 is not a bcrypt entry"),
+        "{log}"
+    );
+    for leak in [
+        password,
+        alice_hash.as_str(),
+        &alice_hash[7..29],
+        "W6ph5Mm5Pz8GgiULbPgzG37mj9g",
+        &base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}")),
+    ] {
+        assert!(!log.contains(leak), "{leak:?} logged:\n{log}");
+    }
+
+    // A good secret: the binary lets alice in, and still logs none of it.
+    let aws2 = FakeAws::start().await;
+    aws2.put_secret(USERS_ARN, &good);
+    let (mut server, log) = ServerProcess::start_logged(
+        &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
+        &[
+            ("RUST_LOG", "debug"),
+            ("AWS_REGION", s3::REGION),
+            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws2.url),
+        ],
+    );
+    let url = format!("{}/v2/", server.url);
+    let resp = http
+        .get(&url)
+        .header("authorization", basic("alice", password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http
+        .get(&url)
+        .header("authorization", basic("alice", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(aws2.count("GetSecretValue"), 1);
+    server.kill();
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("client users read from Secrets Manager"),
+        "{log}"
+    );
+    for leak in [password, alice_hash.as_str(), &alice_hash[7..29]] {
+        assert!(!log.contains(leak), "{leak:?} logged:\n{log}");
+    }
 }

@@ -55,6 +55,10 @@ pub fn router(registry: Arc<Registry>, auth: Option<Arc<ClientAuth>>) -> Router 
 
 /// With client auth on, lets through only requests with valid Basic credentials or one of our
 /// tokens; others get 401 and the challenge that starts the token flow.
+/// With client auth on, lets through only requests with valid Basic credentials or one of our
+/// tokens; others get 401 and the challenge that starts the token flow. A request without
+/// credentials is answered without looking at the users (so it never causes a secret read); one
+/// with credentials while no users can be read gets 503, never a pass.
 async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(auth) = &state.auth else {
         return next.run(req).await;
@@ -64,12 +68,20 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (auth, now) = (Arc::clone(auth), state.registry.now_ms());
-    // bcrypt is deliberately slow: keep it off the async workers.
-    let ok =
-        tokio::task::spawn_blocking(move || auth.authenticate(header.as_deref(), now).is_some())
-            .await
-            .unwrap_or(false);
+    let ok = match header {
+        None => false,
+        Some(header) => {
+            let now = state.registry.now_ms();
+            let users = match auth.users(now).await {
+                Ok(u) => u,
+                Err(e) => return e.into_response(),
+            };
+            // bcrypt is deliberately slow: keep it off the async workers.
+            tokio::task::spawn_blocking(move || users.authenticate(Some(&header), now).is_some())
+                .await
+                .unwrap_or(false)
+        }
+    };
     if ok {
         return next.run(req).await;
     }
@@ -126,13 +138,19 @@ async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
                 .or(v.trim().strip_prefix("basic "))
         })
         .and_then(|v| crate::access::decode_basic(v.trim()));
-    let checker = Arc::clone(auth);
+    let users = match credentials {
+        None => None,
+        Some(credentials) => match auth.users(now).await {
+            Ok(users) => Some((users, credentials)),
+            Err(e) => return e.into_response(),
+        },
+    };
     let user = tokio::task::spawn_blocking(move || {
-        credentials.filter(|(u, p)| checker.check_password(u, p, now))
+        users.and_then(|(users, (u, p))| users.check_password(&u, &p, now).then_some((users, u)))
     })
     .await
     .unwrap_or(None);
-    let Some((user, _)) = user else {
+    let Some((users, user)) = user else {
         let mut resp = Error::new(
             StatusCode::UNAUTHORIZED,
             Code::Unauthorized,
@@ -145,7 +163,7 @@ async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
         );
         return resp;
     };
-    let token = auth.issue_token(&user, now);
+    let token = users.issue_token(&user, now);
     let body = serde_json::json!({
         "token": token,
         "access_token": token,

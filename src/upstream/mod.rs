@@ -63,12 +63,35 @@ pub struct HeadInfo {
     pub content_type: Option<String>,
 }
 
-/// Where upstream credentials kept elsewhere are read: AWS Secrets Manager in practice
-/// ([`crate::aws::SecretsManager`]). Called on first use, never at start-up.
+/// Where secrets kept elsewhere are read (upstream credentials, client users): AWS Secrets
+/// Manager in practice ([`crate::aws::SecretsManager`]). Called on first use, never at start-up.
+/// Errors name the secret, never its content.
 #[async_trait::async_trait]
 pub trait SecretSource: Send + Sync {
-    /// The `(username, password)` held by the secret `arn`.
-    async fn basic_credentials(&self, arn: &str) -> Result<(String, String), String>;
+    /// The `SecretString` of the secret `arn`, as stored.
+    async fn secret_string(&self, arn: &str) -> Result<String, String>;
+
+    /// The `(username, password)` held by the secret `arn` as
+    /// `{"username":"…","password":"…"}`.
+    async fn basic_credentials(&self, arn: &str) -> Result<(String, String), String> {
+        #[derive(Deserialize)]
+        struct Basic {
+            username: String,
+            password: String,
+        }
+        let text = self.secret_string(arn).await?;
+        let basic: Basic = serde_json::from_str(&text).map_err(|_| {
+            format!(
+                "secret {arn} is not JSON of the form {{\"username\":\"…\",\"password\":\"…\"}}"
+            )
+        })?;
+        if basic.username.is_empty() || basic.password.is_empty() {
+            return Err(format!(
+                "secret {arn}: username and password must not be empty"
+            ));
+        }
+        Ok((basic.username, basic.password))
+    }
 }
 
 /// Where a blob GET was redirected to, when it left the upstream's own origin (a CDN's signed

@@ -45,6 +45,8 @@ struct AwsState {
     secrets: BTreeMap<String, String>,
     /// Answer `Invoke` with this status instead of 202.
     invoke_status: Option<u16>,
+    /// Answer `GetSecretValue` with this status instead of the secret.
+    secret_status: Option<u16>,
 }
 
 /// A fake of the two AWS APIs the function calls besides S3.
@@ -97,6 +99,32 @@ impl FakeAws {
             .unwrap()
             .secrets
             .insert(arn.to_owned(), secret_string.to_owned());
+    }
+
+    /// Makes every `GetSecretValue` fail with `status` (`None`: answer again).
+    pub fn fail_secret_reads_with(&self, status: Option<u16>) {
+        self.state.lock().unwrap().secret_status = status;
+    }
+
+    /// A Secrets Manager client for this endpoint, signing with the test credentials.
+    pub fn secrets_manager(&self) -> Arc<SecretsManager> {
+        Arc::new(SecretsManager::with_endpoint(
+            self.api(),
+            self.url.parse().expect("fake AWS URL"),
+        ))
+    }
+
+    /// The signed-request client with the test credentials and region.
+    pub fn api(&self) -> Arc<AwsApi> {
+        Arc::new(
+            AwsApi::with_credentials(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    s3::test_credentials(),
+                ),
+                REGION.to_owned(),
+            )
+            .expect("AWS API client"),
+        )
     }
 
     pub fn fail_invokes_with(&self, status: Option<u16>) {
@@ -205,6 +233,10 @@ async fn aws_handler(State(ctx): State<Ctx>, req: Request) -> Response {
                     ),
                     None => (StatusCode::ACCEPTED, String::new()),
                 },
+                "GetSecretValue" if st.secret_status.is_some() => (
+                    StatusCode::from_u16(st.secret_status.unwrap_or(500)).unwrap(),
+                    r#"{"__type":"InternalServiceError","Message":"injected"}"#.to_owned(),
+                ),
                 "GetSecretValue" => {
                     let id: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let arn = id["SecretId"].as_str().unwrap_or_default();
@@ -321,17 +353,10 @@ pub async fn function(toml: &str, server: &S3Server, aws: &FakeAws, clock: Arc<C
         ..S3Options::from_config(&config).expect("an s3 store")
     };
     let store = S3Store::open(options).await.expect("S3 store opens");
-    let api = Arc::new(
-        AwsApi::with_credentials(
-            aws_credential_types::provider::SharedCredentialsProvider::new(s3::test_credentials()),
-            REGION.to_owned(),
-        )
-        .expect("AWS API client"),
-    );
     let endpoint: url::Url = aws.url.parse().unwrap();
-    let invoker = LambdaInvoker::with_endpoint(Arc::clone(&api), &endpoint, FUNCTION_NAME.into());
+    let invoker = LambdaInvoker::with_endpoint(aws.api(), &endpoint, FUNCTION_NAME.into());
     let services = Services {
-        secrets: Some(Arc::new(SecretsManager::with_endpoint(api, endpoint))),
+        secrets: Some(aws.secrets_manager()),
         fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
     };
     let (router, registry) =

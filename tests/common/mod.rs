@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pullthrough::cache::Clock;
+use pullthrough::cache::{Clock, Services};
 use pullthrough::config::{Config, Settings};
 use pullthrough::store::Store;
 use pullthrough::store::s3::{S3Options, S3Store};
@@ -82,12 +82,19 @@ impl Proxy {
     }
 
     pub async fn with_config(toml: &str) -> Proxy {
-        Proxy::on_store(toml, Arc::new(tempfile::tempdir().expect("temp dir"))).await
+        Proxy::with_services(toml, Services::default()).await
+    }
+
+    /// A proxy configured by `toml` with `services` (e.g. a Secrets Manager client for the fake
+    /// AWS endpoint of [`lambda::FakeAws`]).
+    pub async fn with_services(toml: &str, services: Services) -> Proxy {
+        let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        Proxy::on_store(toml, store_dir, services).await
     }
 
     /// A second proxy process over the same store: what a restart, or another instance, sees.
     pub async fn sibling(&self, toml: &str) -> Proxy {
-        Proxy::on_store(toml, Arc::clone(&self.store_dir)).await
+        Proxy::on_store(toml, Arc::clone(&self.store_dir), Services::default()).await
     }
 
     /// A second proxy over the same bucket (fresh memory, same S3 server): what another
@@ -96,14 +103,19 @@ impl Proxy {
         Proxy::over_s3(toml, Arc::clone(self.s3.as_ref().expect("a proxy over S3"))).await
     }
 
-    async fn on_store(toml: &str, store_dir: Arc<tempfile::TempDir>) -> Proxy {
+    /// [`Proxy::sibling`] with `services`.
+    pub async fn sibling_with_services(&self, toml: &str, services: Services) -> Proxy {
+        Proxy::on_store(toml, Arc::clone(&self.store_dir), services).await
+    }
+
+    async fn on_store(toml: &str, store_dir: Arc<tempfile::TempDir>, services: Services) -> Proxy {
         let settings = Settings {
             store: Some(store_dir.path().to_string_lossy().into_owned()),
             ..Settings::default()
         };
         let config = Config::from_toml(&settings, toml).expect("test config is valid");
         let store = pullthrough::open_store(&config).await.expect("store opens");
-        Proxy::serve(config, store, store_dir, None).await
+        Proxy::serve(config, store, store_dir, None, services).await
     }
 
     /// A proxy in front of one fake upstream (alias `local`) over a fresh S3-compatible server.
@@ -141,7 +153,14 @@ impl Proxy {
         };
         let store = S3Store::open(options).await.expect("S3 store opens");
         let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Proxy::serve(config, Arc::new(store), store_dir, Some(server)).await
+        Proxy::serve(
+            config,
+            Arc::new(store),
+            store_dir,
+            Some(server),
+            Services::default(),
+        )
+        .await
     }
 
     async fn serve(
@@ -149,9 +168,11 @@ impl Proxy {
         store: Arc<dyn Store>,
         store_dir: Arc<tempfile::TempDir>,
         s3: Option<Arc<S3Server>>,
+        services: Services,
     ) -> Proxy {
         let clock = Arc::new(Clock::default());
-        let router = pullthrough::app(config, store, Arc::clone(&clock)).expect("app builds");
+        let (router, _) =
+            pullthrough::build(config, store, Arc::clone(&clock), services).expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -299,32 +320,63 @@ impl ServerProcess {
         ServerProcess::start_with_env(args, &[])
     }
 
-    /// [`ServerProcess::start`] with extra environment variables.
+    /// [`ServerProcess::start`] with extra environment variables (log level `warn` unless they
+    /// set `RUST_LOG`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut all = vec![("RUST_LOG", "warn")];
+        all.extend_from_slice(env);
+        ServerProcess::start_logged(args, &all).0
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables; the second value collects
+    /// everything the server writes to stderr and stdout (where its log goes) until it exits
+    /// (join it after [`Self::kill`]).
+    pub fn start_logged(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (ServerProcess, std::thread::JoinHandle<String>) {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("spawn pullthrough");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
         let stderr = child.stderr.take().expect("stderr");
         let mut lines = BufReader::new(stderr).lines();
+        let mut log = String::new();
         let url = loop {
             let line = lines
                 .next()
                 .expect("pullthrough exited before serving")
                 .expect("read stderr");
+            log.push_str(&line);
+            log.push('\n');
             if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
                 break u.to_owned();
             }
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        ServerProcess { child, url }
+        // Keep draining both pipes so the server never blocks on a full one.
+        let drain = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            log.push_str(&stdout.join().unwrap_or_default());
+            log
+        });
+        (ServerProcess { child, url }, drain)
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
