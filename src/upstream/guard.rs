@@ -95,11 +95,40 @@ impl Resolve for PublicOnlyResolver {
                 .filter(|a| !is_internal(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!("{host} resolves only to internal addresses; refused").into());
+                return Err(Box::new(Refused(format!(
+                    "refused to connect a public upstream to {host}: it resolves only to internal addresses"
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// The error of [`PublicOnlyResolver`] for a name with only internal addresses. It reaches the
+/// caller wrapped in reqwest's connect error; [`refusal`] finds it there, so that the refusal is
+/// reported as such (and not retried) instead of as a failed connection.
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// The guard's refusal somewhere in the source chain of `err`, if that is why it failed.
+pub fn refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -173,5 +202,23 @@ mod tests {
             err.is_err(),
             "localhost must not resolve for a public upstream"
         );
+    }
+
+    #[tokio::test]
+    async fn the_refusal_is_found_in_a_client_error() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
+            .build()
+            .unwrap();
+        let err = client.get("http://localhost:9/").send().await.unwrap_err();
+        let refused = refusal(&err).expect("the resolver's refusal in the error chain");
+        assert!(
+            refused
+                .to_string()
+                .contains("localhost: it resolves only to internal addresses"),
+            "{refused}"
+        );
+        let other = std::io::Error::other("connection refused");
+        assert!(refusal(&other).is_none());
     }
 }

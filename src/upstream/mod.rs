@@ -651,7 +651,7 @@ impl Upstream {
             }
             match req.send().await {
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.is_connect() && attempt == 0 => {
+                Err(e) if e.is_connect() && attempt == 0 && guard::refusal(&e).is_none() => {
                     attempt += 1;
                     tracing::debug!(upstream = %self.config.alias, error = %e, "connect failed, retrying once");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -662,6 +662,11 @@ impl Upstream {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
+        // A host name of a redirect or token realm that resolves only to internal addresses:
+        // refused like an internal IP literal, not a (transient) connection failure.
+        if let Some(refused) = guard::refusal(&e) {
+            return self.invalid(refused.to_string());
+        }
         let detail = if e.is_timeout() {
             "timed out".to_owned()
         } else if e.is_connect() {
@@ -753,5 +758,26 @@ fn head_info(h: &HeaderMap) -> HeadInfo {
         digest: header_str(h, "docker-content-digest").and_then(|d| Digest::parse(d.trim()).ok()),
         size: header_str(h, header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok()),
         content_type: header_str(h, header::CONTENT_TYPE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_resolving_to_internal_addresses_is_refused_not_unreachable() {
+        let global = Config::load(&crate::config::Settings::default()).unwrap();
+        let docker = global.upstream("docker.io").unwrap().clone();
+        let up = Upstream::new(docker, &global).unwrap();
+        assert!(up.public);
+        let err = up.http.get("http://localhost:9/").send().await.unwrap_err();
+        match up.transport_error(err) {
+            UpstreamError::Invalid { detail, .. } => assert!(
+                detail.contains("localhost: it resolves only to internal addresses"),
+                "{detail}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # End-to-end tests: real clients (skopeo, podman, containerd) pull through a release build of
 # pullthrough from real upstream registries (CNCF distribution 2.8, one of them behind token auth),
-# all on 127.0.0.1, with fixture images built offline. See tests/e2e/README.md.
+# all on 127.0.0.1, with fixture images built offline; and the SSRF guard, tested through the HTTP
+# interface with a public-looking upstream in a network namespace. See tests/e2e/README.md.
 #
 #   bash tests/e2e/run.sh                 # from the repository root; installs what it needs (apt)
+#   bash tests/e2e/run.sh ssrf            # only the SSRF section (~15 s once built)
+#   bash tests/e2e/run.sh clients         # only the client pulls
+#
+# Sections (arguments, or PULLTHROUGH_E2E_SECTIONS; default both):
+#   clients   skopeo, podman and containerd pulls for each store of PULLTHROUGH_E2E_STORES
+#   ssrf      the SSRF guard (tests/e2e/ssrf.sh): hostile redirects and token realms from an
+#             upstream on a public address, inside a network namespace (needs root and iproute2)
 #
 # Environment:
+#   PULLTHROUGH_E2E_SECTIONS  sections to run, space separated (default "clients ssrf")
 #   PULLTHROUGH_E2E_STORES  stores to test, space separated (default "fs s3"; s3 runs s3s-fs)
 #   PULLTHROUGH_E2E_KEEP=1  keep the work directory (logs, stores) instead of removing it
 #   PULLTHROUGH_E2E_TMPDIR  where the work directory is made (default /var/tmp)
@@ -19,6 +28,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO_ROOT=$PWD
 E2E_DIR=$REPO_ROOT/tests/e2e
 STORES=${PULLTHROUGH_E2E_STORES:-fs s3}
+SECTIONS=${*:-${PULLTHROUGH_E2E_SECTIONS:-clients ssrf}}
+for sec in $SECTIONS; do
+    [[ $sec == clients || $sec == ssrf ]] || { echo "unknown section '$sec'; known: clients ssrf" >&2; exit 2; }
+done
+want() { [[ " $SECTIONS " == *" $1 "* ]]; } # want SECTION: whether SECTION runs
 KEEP=${PULLTHROUGH_E2E_KEEP:-0}
 STARTED_AT=$SECONDS
 
@@ -43,6 +57,9 @@ log() { echo "-- $*"; }
 # start_bg, stop_pid, wait_http, free_ports, registry_config, s3s-fs (also used by bench/run.sh)
 # shellcheck source=tests/e2e/lib.sh
 source "$E2E_DIR/lib.sh"
+# ssrf_section, ssrf_teardown
+# shellcheck source=tests/e2e/ssrf.sh
+source "$E2E_DIR/ssrf.sh"
 # No client may hang the run: every client call has a time limit. Redirects are followed: with
 # the S3 store, blob GETs answer 307 to a presigned URL on the S3 server (bodies, codes and
 # headers checked below are those of the final response; -D files hold every response's).
@@ -86,6 +103,7 @@ fail_now() {
 # Never fails: every step is attempted.
 teardown() {
     local m
+    ssrf_teardown
     stop_all
     if [[ $POLICY_RC_GUARD == 1 ]]; then
         rm -f /usr/sbin/policy-rc.d || true
@@ -147,8 +165,9 @@ trap 'exit 130' INT TERM
 # 1. Packages and the release build
 # ---------------------------------------------------------------------------------------------
 
-PACKAGES=(docker-registry skopeo podman containerd curl openssl python3 ca-certificates
-    util-linux)
+PACKAGES=(curl python3 ca-certificates)
+want clients && PACKAGES+=(docker-registry skopeo podman containerd openssl util-linux)
+want ssrf && PACKAGES+=(iproute2)
 
 install_packages() {
     local missing=() p
@@ -192,7 +211,7 @@ log "work directory $WORK"
 
 STAGE="installing packages"
 install_packages
-log "skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), containerd $(containerd --version | awk '{print $3}'), $(docker-registry --version 2>/dev/null | awk '{print $2, $3}')"
+! want clients || log "skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), containerd $(containerd --version | awk '{print $3}'), $(docker-registry --version 2>/dev/null | awk '{print $2, $3}')"
 
 STAGE="cargo build --release"
 log "cargo build --release ($(elapsed))"
@@ -206,7 +225,7 @@ log "built $BIN ($(elapsed))"
 
 # The S3 store is tested against s3s-fs (an S3-compatible server over a directory, SigV4 checked
 # on headers and presigned URLs): installed with cargo into $CARGO_HOME/bin only if missing.
-if [[ " $STORES " == *" s3 "* ]]; then
+if want clients && [[ " $STORES " == *" s3 "* ]]; then
     STAGE="installing s3s-fs"
     if ensure_s3s_fs "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/s3s-fs-install" >"$WORK/s3s-fs-install.log" 2>&1; then
         log "s3s-fs: $S3FS_BIN ($(elapsed))"
@@ -214,6 +233,32 @@ if [[ " $STORES " == *" s3 "* ]]; then
         S3FS_BIN=""
         log "s3s-fs could not be installed (the s3 store will FAIL): $(tail -n 3 "$WORK/s3s-fs-install.log")"
     fi
+fi
+
+# finish: the end of the run (teardown, summary); returns non-zero on any failure.
+finish() {
+    STAGE="teardown"
+    if ((FAILED > 0)) && want clients && [[ -f $WORK/pullthrough.log ]]; then
+        echo "-- last lines of the pullthrough log ($WORK/pullthrough.log):"
+        tail -n 30 "$WORK/pullthrough.log" | sed 's/^/    | /'
+    fi
+    log "total time $(elapsed)"
+    teardown
+    trap - EXIT
+    summary
+    ((FAILED == 0))
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1b. The SSRF guard through a public-looking upstream (tests/e2e/ssrf.sh)
+# ---------------------------------------------------------------------------------------------
+
+if want ssrf; then
+    ssrf_section
+fi
+if ! want clients; then
+    finish
+    exit
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -1052,13 +1097,4 @@ for store in $STORES; do
     test_store "$store"
 done
 
-STAGE="teardown"
-if ((FAILED > 0)); then
-    echo "-- last lines of the pullthrough log ($PT_LOG):"
-    tail -n 30 "$PT_LOG" | sed 's/^/    | /'
-fi
-log "total time $(elapsed)"
-teardown
-trap - EXIT
-summary
-((FAILED == 0))
+finish
