@@ -350,7 +350,7 @@ impl Store for S3Store {
         &self,
         key: &Key,
         len_hint: Option<u64>,
-        mut body: ByteStream,
+        body: ByteStream,
     ) -> Result<u64, StoreError> {
         let k = self.object_key(key);
         let part_size = self.part_size_for(len_hint);
@@ -358,8 +358,13 @@ impl Store for S3Store {
         // Never reserve more than the blob needs: most blobs are far smaller than one part.
         let first_capacity = len_hint.map_or(part_size, |l| l.min(part_size));
         let mut buf = BytesMut::with_capacity(usize::try_from(first_capacity).unwrap_or(0));
+        let mut reader = PartReader {
+            body,
+            carry: None,
+            part_size: part_bytes,
+        };
 
-        let ended = fill_part(&mut body, &mut buf, part_bytes).await?;
+        let ended = reader.fill(&mut buf).await?;
         if ended && buf.len() < part_bytes {
             let len = buf.len() as u64;
             self.put_small(key, &k, buf.freeze(), "application/octet-stream")
@@ -368,7 +373,7 @@ impl Store for S3Store {
         }
 
         let mut upload = Multipart::create(self, &k).await?;
-        let result = upload.run(body, buf, ended, part_bytes).await;
+        let result = upload.run(reader, buf, ended).await;
         match result {
             Ok(written) => match upload.complete(is_write_once(key)).await {
                 Ok(()) => Ok(written),
@@ -541,21 +546,39 @@ pub async fn load_sdk_config(
     Ok(loader.load().await)
 }
 
-/// Reads from `body` into `buf` until it holds at least `part_size` bytes (`Ok(false)`) or the
-/// stream ends (`Ok(true)`). A stream error is returned as is.
-async fn fill_part(
-    body: &mut ByteStream,
-    buf: &mut BytesMut,
+/// Cuts a byte stream into parts of exactly `part_size` bytes. Each part is read into its own
+/// buffer allocated at its final size, and a chunk that crosses a part boundary is split (its
+/// tail carried over, not copied twice). Growing one buffer past its capacity instead would
+/// double it: every 8 MiB part would hold a 16 MiB allocation while in flight.
+struct PartReader {
+    body: ByteStream,
+    carry: Option<Bytes>,
     part_size: usize,
-) -> Result<bool, StoreError> {
-    while buf.len() < part_size {
-        match body.next().await {
-            None => return Ok(true),
-            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-            Some(Err(e)) => return Err(StoreError::Fill(e)),
+}
+
+impl PartReader {
+    /// Reads into `buf` until it holds `part_size` bytes (`Ok(false)`) or the stream ends
+    /// (`Ok(true)`). A stream error is returned as is.
+    async fn fill(&mut self, buf: &mut BytesMut) -> Result<bool, StoreError> {
+        while buf.len() < self.part_size {
+            let chunk = match self.carry.take() {
+                Some(c) => c,
+                None => match self.body.next().await {
+                    None => return Ok(true),
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => return Err(StoreError::Fill(e)),
+                },
+            };
+            let room = self.part_size - buf.len();
+            if chunk.len() > room {
+                buf.extend_from_slice(&chunk[..room]);
+                self.carry = Some(chunk.slice(room..));
+            } else {
+                buf.extend_from_slice(&chunk);
+            }
         }
+        Ok(false)
     }
-    Ok(false)
 }
 
 /// One multipart upload in progress. Dropped before [`Multipart::complete`] or
@@ -605,21 +628,16 @@ impl Multipart {
     /// at most `parts_in_flight` at once. Returns the bytes uploaded once every part is stored.
     async fn run(
         &mut self,
-        mut body: ByteStream,
+        mut reader: PartReader,
         mut buf: BytesMut,
         mut ended: bool,
-        part_size: usize,
     ) -> Result<u64, StoreError> {
+        let part_size = reader.part_size;
         let mut written = 0u64;
         let mut part_number = 0u64;
         loop {
-            while buf.len() >= part_size || (ended && !buf.is_empty()) {
-                let part = if buf.len() >= part_size {
-                    buf.split_to(part_size)
-                } else {
-                    buf.split()
-                }
-                .freeze();
+            if buf.len() == part_size || (ended && !buf.is_empty()) {
+                let part = std::mem::take(&mut buf).freeze();
                 part_number += 1;
                 if part_number > MAX_PARTS {
                     return Err(StoreError::Backend {
@@ -642,10 +660,10 @@ impl Multipart {
             while let Some(done) = self.tasks.try_join_next() {
                 self.parts.push(flatten(done, &self.key)?);
             }
-            if buf.capacity() < part_size {
-                buf.reserve(part_size - buf.len());
+            if buf.capacity() == 0 {
+                buf = BytesMut::with_capacity(part_size);
             }
-            ended = fill_part(&mut body, &mut buf, part_size).await?;
+            ended = reader.fill(&mut buf).await?;
         }
         while !self.tasks.is_empty() {
             self.join_one().await?;
@@ -882,6 +900,39 @@ fn load_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks that straddle part boundaries are split: every part but the last is exactly
+    /// `part_size` bytes in a buffer allocated at that size (never grown, so never doubled), and
+    /// the parts put back together are the stream.
+    #[tokio::test]
+    async fn parts_are_cut_exactly_and_never_outgrow_their_buffer() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<Result<Bytes, crate::oci::FillError>> = data
+            .chunks(777)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let mut reader = PartReader {
+            body: futures_util::stream::iter(chunks).boxed(),
+            carry: None,
+            part_size: 1000,
+        };
+        let mut joined = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let mut buf = BytesMut::with_capacity(1000);
+            let ended = reader.fill(&mut buf).await.unwrap();
+            assert_eq!(buf.capacity(), 1000, "a part buffer grew");
+            if !buf.is_empty() {
+                sizes.push(buf.len());
+                joined.extend_from_slice(&buf);
+            }
+            if ended {
+                break;
+            }
+        }
+        assert_eq!(sizes, vec![1000; 10]);
+        assert_eq!(joined, data);
+    }
 
     #[test]
     fn part_size_grows_to_stay_within_10000_parts() {
