@@ -115,6 +115,12 @@ pub struct S3Settings {
     /// Attempts per S3 request, first one included (SDK standard retry mode: exponential
     /// backoff with jitter; throttling such as 503 SlowDown and transient errors are retried).
     pub max_attempts: u32,
+    /// Server mode: the request that starts a blob fill is streamed the bytes as they arrive
+    /// (as with the filesystem store) instead of waiting for the whole upload and a 307; every
+    /// other request still gets the 307. Cold pulls of big layers then take one transfer
+    /// instead of two, at the price of those bytes passing through the proxy once. Ignored in
+    /// Lambda mode (responses there are at most 6 MB).
+    pub stream_misses: bool,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -128,6 +134,7 @@ impl Default for S3Settings {
             parts_in_flight: 4,
             part_size: 8 * MIB,
             max_attempts: 5,
+            stream_misses: false,
         }
     }
 }
@@ -211,6 +218,7 @@ struct FileS3 {
     parts_in_flight: Option<usize>,
     part_size: Option<FileSize>,
     max_attempts: Option<u32>,
+    stream_misses: Option<bool>,
 }
 
 /// A size in the config file: a number of bytes, or a string such as `"16MiB"`.
@@ -724,6 +732,7 @@ fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
         parts_in_flight,
         part_size,
         max_attempts,
+        stream_misses: f.stream_misses.unwrap_or(defaults.stream_misses),
     })
 }
 
@@ -991,6 +1000,7 @@ region = "eu-west-1"
 parts_in_flight = 2
 part_size = "16MiB"
 max_attempts = 3
+stream_misses = true
 "#;
         let c = Config::from_toml(&Settings::default(), toml).unwrap();
         assert_eq!(
@@ -1009,6 +1019,7 @@ max_attempts = 3
                 parts_in_flight: 2,
                 part_size: 16 * MIB,
                 max_attempts: 3,
+                stream_misses: true,
             }
         );
         let c = Config::from_toml(&Settings::default(), "[s3]\npart_size = 6291456\n").unwrap();

@@ -447,3 +447,68 @@ async fn a_persistent_s3_failure_mid_fill_is_503_and_publishes_nothing() {
     let (_, body) = blob_via_redirect(&proxy, "team/app", &d).await;
     assert_eq!(body, data);
 }
+
+/// `[s3] stream_misses`: the request that starts a fill is streamed the verified bytes while
+/// they upload (its last chunk only once the object is complete); a request joining the fill,
+/// and every later one, gets the 307. Bad bytes cut the streamed body off and publish nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stream_misses_the_first_client_is_streamed_and_the_rest_redirected() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(47, 20 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let bad = up.put_blob("team/app", blob_bytes(48, 12 * 1024 * 1024));
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nstream_misses = true")).await;
+    let path = format!("/v2/team/app/blobs/{d}");
+
+    let first = proxy.get(&path, None).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert_eq!(header(&first, "docker-content-digest"), Some(d.as_str()));
+    // A second request while the first is being streamed joins the fill and gets the 307.
+    let joiner = tokio::spawn({
+        let (http, url) = (proxy.http.clone(), format!("{}{path}", proxy.url));
+        async move {
+            let resp = http.get(url).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                header(&resp, "location").map(str::to_owned),
+            )
+        }
+    });
+    let body = first.bytes().await.unwrap();
+    assert_eq!(body, data);
+    let (status, location) = joiner.await.unwrap();
+    assert_eq!(status, 307);
+    assert!(location.unwrap().contains("X-Amz-Signature="));
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
+    let (alg, hex) = d.split_once(':').unwrap();
+    assert!(
+        proxy
+            .s3()
+            .blob_keys("")
+            .await
+            .contains(&format!("blobs/{alg}/{hex}"))
+    );
+    blob_via_redirect(&proxy, "team/app", &d).await;
+
+    // Tampered bytes: the streamed body is cut off, the upload aborted, nothing published.
+    up.add_fault(FaultRule::new(Fault::TamperBody).method("GET").path(&bad));
+    let resp = proxy.get(&format!("/v2/team/app/blobs/{bad}"), None).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.bytes().await.is_err(),
+        "a bad body was delivered whole"
+    );
+    let (alg, hex) = bad.split_once(':').unwrap();
+    assert!(
+        !proxy
+            .s3()
+            .blob_keys("")
+            .await
+            .contains(&format!("blobs/{alg}/{hex}"))
+    );
+    proxy.s3().assert_no_uploads().await;
+}

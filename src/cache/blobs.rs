@@ -8,7 +8,9 @@
 //! join a fill wait for it and are then served from the store. If the bytes turn out wrong at the
 //! end, the streaming client's body is cut off (clients verify digests; the cut makes them retry)
 //! and nothing is stored. With a store that redirects (S3), blob bytes never pass through the
-//! proxy: every request waits for the fill and then gets the redirect.
+//! proxy by default: every request waits for the fill and then gets the redirect. With
+//! `[s3] stream_misses` (server mode only) the request that starts a fill is streamed as with
+//! the filesystem store, and all others get the redirect.
 
 use std::sync::{Arc, Mutex};
 
@@ -63,7 +65,9 @@ impl Registry {
             && self.store.serves_by_redirect()
         {
             return self.fill_within_deadline(target, digest, policy).await;
-        } else if range.is_none() && !self.store.serves_by_redirect() {
+        } else if range.is_none()
+            && (!self.store.serves_by_redirect() || self.config.s3.stream_misses)
+        {
             if let Some(answer) = self.fill_streaming(target, digest).await? {
                 return Ok(answer);
             }
@@ -306,9 +310,12 @@ where
                     .unwrap_or_else(|p| p.into_inner())
                     .replace(chunk.clone())
                     .map(Ok),
-                Err(e) => {
+                // The fill sends the error itself once the store has cleaned up (temporary file
+                // removed, multipart upload aborted): a client that sees the error and retries
+                // finds nothing half done.
+                Err(_) => {
                     held.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    Some(Err(std::io::Error::other(e.to_string())))
+                    None
                 }
             };
             if let (Some(t), Some(msg)) = (&tee, to_send)

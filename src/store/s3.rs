@@ -590,8 +590,12 @@ struct Multipart {
     key: Arc<str>,
     upload_id: Arc<str>,
     parts_in_flight: usize,
-    tasks: JoinSet<Result<CompletedPart, StoreError>>,
+    tasks: JoinSet<Result<(CompletedPart, Option<BytesMut>), StoreError>>,
     parts: Vec<CompletedPart>,
+    /// Buffers of uploaded parts, reused for the next parts: a fill allocates at most
+    /// `parts_in_flight + 1` part buffers whatever the blob's size, instead of one per part
+    /// (freed on whichever worker finished the upload, where glibc tends to keep them resident).
+    spare: Vec<BytesMut>,
     /// Set once the upload is completed or aborted: nothing left for `Drop` to clean up.
     settled: bool,
 }
@@ -620,6 +624,7 @@ impl Multipart {
             parts_in_flight: store.parts_in_flight,
             tasks: JoinSet::new(),
             parts: Vec::new(),
+            spare: Vec::new(),
             settled: false,
         })
     }
@@ -658,10 +663,16 @@ impl Multipart {
             }
             // Surface a failed part early rather than after reading the whole stream.
             while let Some(done) = self.tasks.try_join_next() {
-                self.parts.push(flatten(done, &self.key)?);
+                self.settle_part(done)?;
             }
             if buf.capacity() == 0 {
-                buf = BytesMut::with_capacity(part_size);
+                buf = match self.spare.pop() {
+                    Some(mut b) if b.capacity() >= part_size => {
+                        b.clear();
+                        b
+                    }
+                    _ => BytesMut::with_capacity(part_size),
+                };
             }
             ended = reader.fill(&mut buf).await?;
         }
@@ -687,7 +698,7 @@ impl Multipart {
                 .upload_id(&*upload_id)
                 .part_number(part_number)
                 .content_length(data.len() as i64)
-                .body(S3Body::from(data))
+                .body(S3Body::from(data.clone()))
                 .send()
                 .await
                 .map_err(|e| backend(&key, "UploadPart", &e))?;
@@ -695,17 +706,26 @@ impl Multipart {
                 key: key.to_string(),
                 message: format!("S3 UploadPart {part_number} answered without an ETag"),
             })?;
-            Ok(CompletedPart::builder()
+            let part = CompletedPart::builder()
                 .part_number(part_number)
                 .e_tag(e_tag)
-                .build())
+                .build();
+            // The SDK has let go of its copy of the body: the buffer can be reused.
+            Ok((part, data.try_into_mut().ok()))
         });
     }
 
     async fn join_one(&mut self) -> Result<(), StoreError> {
         if let Some(done) = self.tasks.join_next().await {
-            self.parts.push(flatten(done, &self.key)?);
+            self.settle_part(done)?;
         }
+        Ok(())
+    }
+
+    fn settle_part(&mut self, done: Joined) -> Result<(), StoreError> {
+        let (part, buf) = flatten(done, &self.key)?;
+        self.parts.push(part);
+        self.spare.extend(buf);
         Ok(())
     }
 
@@ -789,10 +809,10 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
     }
 }
 
-fn flatten(
-    joined: Result<Result<CompletedPart, StoreError>, tokio::task::JoinError>,
-    key: &str,
-) -> Result<CompletedPart, StoreError> {
+/// What a part upload task ends with: the part, and its buffer when it can be reused.
+type Joined = Result<Result<(CompletedPart, Option<BytesMut>), StoreError>, tokio::task::JoinError>;
+
+fn flatten(joined: Joined, key: &str) -> Result<(CompletedPart, Option<BytesMut>), StoreError> {
     joined.map_err(|e| StoreError::Backend {
         key: key.to_owned(),
         message: format!("part upload task failed: {e}"),
