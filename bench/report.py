@@ -68,6 +68,11 @@ def main():
         ratio_row(f"cold pull, {label}, s (median of {len(nums('pt.cold_' + img))})",
                   med(f"pt.cold_{img}"), med(f"dist.cold_{img}"), " s", 2, 0.8)
     for img, label in (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)")):
+        if nums(f"pt-stream.cold_{img}"):
+            ratio_row(f"cold pull, {label}, pullthrough with [s3] stream_misses = true, s "
+                      f"(median of {len(nums('pt-stream.cold_' + img))})",
+                      med(f"pt-stream.cold_{img}"), med(f"dist.cold_{img}"), " s", 2, 0.8)
+    for img, label in (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)")):
         ratio_row(f"warm pull, {label}, s (median of {len(nums('pt.warm_' + img))}; "
                   f"direct from upstream: {fmt(direct[img], ' s')})",
                   med(f"pt.warm_{img}"), med(f"dist.warm_{img}"), " s", 2, 0.5)
@@ -148,7 +153,14 @@ def main():
     if mm is not None:
         rows.append((f"  same, pullthrough with MALLOC_MMAP_THRESHOLD_=1048576 (glibc), MiB",
                      fmt(mm, " MiB", 1), "", "", "≤ 96 MiB", "met" if mm <= 96 else "**missed**"))
+    st = mib("pt-stream.rss_fill_kib")
+    if st is not None:
+        rows.append(("  same, pullthrough with [s3] stream_misses = true, MiB",
+                     fmt(st, " MiB", 1), "", "", "≤ 96 MiB", "met" if st <= 96 else "**missed**"))
     ratio_row(f"cold pull of the {a.huge_mib} MiB image, s", med("pt.cold_huge"), med("dist.cold_huge"), " s", 2)
+    if nums("pt-stream.cold_huge"):
+        ratio_row("  same with [s3] stream_misses = true, s", med("pt-stream.cold_huge"),
+                  med("dist.cold_huge"), " s", 2)
 
     try:
         with open(path("lambda_init.txt")) as f:
@@ -176,7 +188,7 @@ def main():
     print()
     print("Raw pull times (s):")
     print()
-    for k in ("pt", "dist", "direct"):
+    for k in ("pt", "pt-stream", "dist", "direct"):
         for what in ("cold_many", "cold_big", "warm_many", "warm_big", "cold_huge"):
             v = nums(f"{k}.{what}")
             if v:

@@ -188,6 +188,7 @@ insecure = true
 endpoint = "http://127.0.0.1:$P_S3"
 force_path_style = true
 region = "$S3_REGION"
+${PT_S3_EXTRA:-}
 EOF
     echo "==== run $RUN_N ====" >>"$PROXY_LOG"
     # PT_ENV: extra environment (the allocator experiment below).
@@ -393,6 +394,30 @@ settle
 put pt.cold_huge_mmap "$t"
 put pt.rss_fill_mmap_kib "$(vmhwm "$PROXY_PID")"
 log "pt (MALLOC_MMAP_THRESHOLD_=1048576) $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt.rss_fill_mmap_kib") KiB"
+proxy_stop
+
+# The same cold pulls with `[s3] stream_misses = true`: the request that starts a fill is streamed
+# the bytes while they upload (one transfer instead of upload-then-redirect).
+STAGE="pt-stream: cold pulls with [s3] stream_misses = true"
+for rep in $(seq "$REPS"); do
+    PT_S3_EXTRA="stream_misses = true" pt_start
+    mark
+    pull "$PROXY/$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$WORK/out/pt-stream" >>"$RES/pt-stream.cold_many"
+    settle
+    window_stats pt >"$RES/pt-stream.cold_many.$rep.json"
+    mark
+    pull "$PROXY/$BIG_REPO:$BIG_TAG" "$WORK/out/pt-stream" >>"$RES/pt-stream.cold_big"
+    settle
+    window_stats pt >"$RES/pt-stream.cold_big.$rep.json"
+    log "pt-stream cold #$rep: manylayers $(tail -n 1 "$RES/pt-stream.cold_many")s, big $(tail -n 1 "$RES/pt-stream.cold_big")s"
+    proxy_stop
+done
+PT_S3_EXTRA="stream_misses = true" pt_start
+t=$(pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/pt-stream")
+settle
+put pt-stream.cold_huge "$t"
+put pt-stream.rss_fill_kib "$(vmhwm "$PROXY_PID")"
+log "pt-stream $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt-stream.rss_fill_kib") KiB"
 proxy_stop
 
 bench_proxy dist
