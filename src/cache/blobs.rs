@@ -41,6 +41,12 @@ pub(super) enum FillStart {
     AlreadyStored,
 }
 
+/// The request that starts a streamed fill: told when the upstream answered, sent every chunk.
+pub(super) type Tee = (
+    oneshot::Sender<FillStart>,
+    mpsc::Sender<std::io::Result<Bytes>>,
+);
+
 /// Chunks buffered between the fill and a slow streaming client; the fill then waits for it.
 const TEE_BUFFER: usize = 8;
 
@@ -206,17 +212,18 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<(
-            oneshot::Sender<FillStart>,
-            mpsc::Sender<std::io::Result<Bytes>>,
-        )>,
+        tee: Option<Tee>,
     ) -> (bool, super::flight::SharedResult<u64>) {
         let flight_key = format!("{}@{digest}", target.scoped_name());
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();
         self.blob_flights.start(flight_key, move || async move {
-            this.copy_blob(&target, &digest, tee, None).await
+            if this.leases_server_fills() {
+                this.leased_copy(&target, &digest, tee).await
+            } else {
+                this.copy_blob(&target, &digest, tee, None).await
+            }
         })
     }
 
@@ -227,10 +234,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<(
-            oneshot::Sender<FillStart>,
-            mpsc::Sender<std::io::Result<Bytes>>,
-        )>,
+        tee: Option<Tee>,
         redirects: Option<&crate::upstream::RedirectSink>,
     ) -> Result<u64, Error> {
         let (start_tx, chunk_tx) = match tee {
