@@ -38,6 +38,7 @@ pub enum BlobAnswer {
 /// What the fill task tells the request that started it, once the upstream has answered.
 pub(super) enum FillStart {
     Streaming(Option<u64>),
+    /// Not streamed: stored already, or copied by another instance; answer from the store.
     AlreadyStored,
 }
 
@@ -195,7 +196,8 @@ impl Registry {
                 let body = tokio_stream_from(chunk_rx);
                 Ok(Some(BlobAnswer::Passthrough { len, body }))
             }
-            // Stored by another repository's fill meanwhile, or the fill failed before a byte
+            // Stored by another repository's fill meanwhile, being copied by another instance
+            // (its lease is held: this fill waits for it), or the fill failed before a byte
             // arrived: the shared result says which.
             Ok(FillStart::AlreadyStored) | Err(_) => {
                 shared.await?;

@@ -1,4 +1,5 @@
-//! Blob misses in Lambda mode: a deadline, a lease, and a hand-off.
+//! Blob misses in Lambda mode: a deadline, a lease, and a hand-off; and the same lease for
+//! server instances sharing a bucket.
 //!
 //! API Gateway ends a request after 30 s, and a Lambda instance is frozen as soon as it has
 //! answered, so a copy cannot simply go on in the background. A miss is therefore:
