@@ -72,6 +72,7 @@ impl Function {
         let services = Services {
             secrets: Some(Arc::new(secrets)),
             fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
+            ..Services::default()
         };
         let (router, registry) = crate::build(config, store, Arc::new(Clock::default()), services)?;
         Ok(Function::new(router, registry))

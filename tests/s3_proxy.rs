@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::s3::S3Call;
 use common::*;
+use pullthrough::cache::{ServerLease, Services};
 use s3s::S3ErrorCode;
 
 /// Small parts and few in flight, so multipart cases stay small.
@@ -17,6 +19,11 @@ const SMALL_PARTS: &str = "part_size = \"8MiB\"\nparts_in_flight = 2";
 /// plain client (no Authorization) and checks the bytes hash to `digest`. Returns the Location.
 async fn blob_via_redirect(proxy: &Proxy, repo: &str, digest: &str) -> (String, Bytes) {
     let resp = proxy.get(&format!("/v2/{repo}/blobs/{digest}"), None).await;
+    follow_redirect(proxy, resp, digest).await
+}
+
+/// Asserts that `resp` is a 307 to the S3 server whose presigned URL serves `digest`'s bytes.
+async fn follow_redirect(proxy: &Proxy, resp: reqwest::Response, digest: &str) -> (String, Bytes) {
     assert_eq!(resp.status(), 307, "blob {digest}");
     assert_eq!(header(&resp, "docker-content-digest"), Some(digest));
     let location = header(&resp, "location").expect("Location").to_owned();
@@ -509,6 +516,262 @@ async fn with_stream_misses_the_first_client_is_streamed_and_the_rest_redirected
             .blob_keys("")
             .await
             .contains(&format!("blobs/{alg}/{hex}"))
+    );
+    proxy.s3().assert_no_uploads().await;
+}
+
+fn lease_key(digest: &str) -> String {
+    format!("leases/blobs/{}", digest.replace(':', "/"))
+}
+
+fn blob_key(digest: &str) -> String {
+    format!("blobs/{}", digest.replace(':', "/"))
+}
+
+/// PutObject calls on `key` that succeeded (`ok`) or were refused.
+fn puts(calls: &[S3Call], key: &str, ok: bool) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.op == "PutObject" && c.key == key && c.error.is_none() == ok)
+        .count()
+}
+
+/// Whether a request found the lease on `digest` held (its create refused) and then looked for
+/// the blob: it is waiting for another instance's copy.
+fn waiting_for_lease(calls: &[S3Call], digest: &str) -> bool {
+    let (lease, blob) = (lease_key(digest), blob_key(digest));
+    calls
+        .iter()
+        .skip_while(|c| !(c.op == "PutObject" && c.key == lease && c.error.is_some()))
+        .any(|c| c.op == "HeadObject" && c.key == blob)
+}
+
+/// The proxy's config over `s3` with upstream timeouts long enough for a stalled GET, which
+/// keeps a fill in progress while the test looks at it.
+fn patient_config(up: &FakeRegistry, s3: &S3Server, s3_extra: &str) -> String {
+    let config = local_config(&up.url())
+        .replace("request_timeout = \"2s\"", "request_timeout = \"30s\"")
+        .replace("read_timeout = \"2s\"", "read_timeout = \"30s\"");
+    format!("{config}{}", s3.config_table(s3_extra))
+}
+
+fn stall_blob_gets(up: &FakeRegistry) {
+    up.add_fault(
+        FaultRule::new(Fault::Stall(Duration::from_secs(3)))
+            .method("GET")
+            .path("/blobs/")
+            .times(1),
+    );
+}
+
+fn spawn_get(proxy: &Proxy, path: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (http, url) = (proxy.http.clone(), format!("{}{path}", proxy.url));
+    tokio::spawn(async move { http.get(url).send().await.unwrap() })
+}
+
+async fn put_object(s3: &S3Server, key: &str, body: Vec<u8>) {
+    s3.admin
+        .put_object()
+        .bucket(&s3.bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A lease as another instance writes it.
+async fn put_lease(s3: &S3Server, digest: &str, expires_at: u64, repo: &str) {
+    let lease = serde_json::json!({
+        "owner": "another-instance", "expiresAt": expires_at, "upstream": "local", "repo": repo
+    });
+    put_object(s3, &lease_key(digest), lease.to_string().into_bytes()).await;
+}
+
+async fn lease_expiry(s3: &S3Server, digest: &str) -> u64 {
+    let got = s3
+        .admin
+        .get_object()
+        .bucket(&s3.bucket)
+        .key(lease_key(digest))
+        .send()
+        .await
+        .expect("the lease is in the bucket");
+    let bytes = got.body.collect().await.unwrap().into_bytes();
+    let lease: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    lease["expiresAt"].as_u64().expect("expiresAt")
+}
+
+/// Two instances over one bucket miss the same blob at once: the first takes the fill lease and
+/// fetches; the second finds the lease held, fetches nothing, waits for the blob and redirects
+/// to it. The second streams misses (`stream_misses`), yet is redirected: it did not fill.
+#[tokio::test]
+async fn two_instances_missing_one_blob_fetch_it_from_the_upstream_once() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let d = up.put_blob("team/app", blob_bytes(50, 300_000));
+    let server = S3Server::start().await;
+    let a = Proxy::with_s3_config(&patient_config(&up, &server, ""), server).await;
+    let b = a
+        .sibling_s3(&patient_config(&up, a.s3(), "stream_misses = true"))
+        .await;
+    stall_blob_gets(&up);
+    let path = format!("/v2/team/app/blobs/{d}");
+
+    let first = spawn_get(&a, &path);
+    a.s3()
+        .wait_for("the first instance's lease", |c| {
+            puts(c, &lease_key(&d), true) == 1
+        })
+        .await;
+    let second = spawn_get(&b, &path);
+    a.s3()
+        .wait_for("the second instance to wait", |c| waiting_for_lease(c, &d))
+        .await;
+    follow_redirect(&a, first.await.unwrap(), &d).await;
+    follow_redirect(&b, second.await.unwrap(), &d).await;
+
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
+    // The marker written for the same repository sufficed: no confirmation either.
+    assert_eq!(up.count("HEAD", &format!("/blobs/{d}")), 0);
+    assert_eq!(a.s3().object_keys("leases/").await, Vec::<String>::new());
+    a.s3().assert_no_uploads().await;
+}
+
+/// A lease left by an instance that died (expired) is taken over at once, with `If-Match`.
+#[tokio::test]
+async fn an_expired_fill_lease_is_taken_over_at_once() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(51, 100_000);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3(&up).await;
+    put_lease(proxy.s3(), &d, proxy.clock.now_ms() - 1000, "team/app").await;
+    proxy.s3().clear_calls();
+
+    let (_, body) = blob_via_redirect(&proxy, "team/app", &d).await;
+    assert_eq!(body, data);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
+    let calls = proxy.s3().calls();
+    // The create refused, the takeover accepted; no renewal for so short a copy.
+    assert_eq!(puts(&calls, &lease_key(&d), false), 1, "{calls:?}");
+    assert_eq!(puts(&calls, &lease_key(&d), true), 1, "{calls:?}");
+    assert_eq!(
+        proxy.s3().object_keys("leases/").await,
+        Vec::<String>::new()
+    );
+    proxy.s3().assert_no_uploads().await;
+}
+
+/// A live lease of another instance makes a miss wait without fetching; once the lease has
+/// expired (that instance died), the waiting request takes it over and fills.
+#[tokio::test]
+async fn a_live_lease_is_waited_for_and_taken_over_once_it_expires() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(52, 100_000);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3(&up).await;
+    put_lease(proxy.s3(), &d, proxy.clock.now_ms() + 60_000, "team/app").await;
+
+    let waiter = spawn_get(&proxy, &format!("/v2/team/app/blobs/{d}"));
+    proxy
+        .s3()
+        .wait_for("the request to wait", |c| waiting_for_lease(c, &d))
+        .await;
+    assert!(!waiter.is_finished());
+    assert_eq!(up.count("GET", "/blobs/"), 0);
+
+    proxy.advance(Duration::from_secs(61));
+    let (_, body) = follow_redirect(&proxy, waiter.await.unwrap(), &d).await;
+    assert_eq!(body, data);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
+    assert_eq!(
+        proxy.s3().object_keys("leases/").await,
+        Vec::<String>::new()
+    );
+    proxy.s3().assert_no_uploads().await;
+}
+
+/// While another instance holds the lease, a miss waits for that instance's copy and serves it:
+/// copied for the same repository (blob, marker, lease released) with no upstream request at
+/// all; copied for another repository with an upstream HEAD confirming this one holds it.
+#[tokio::test]
+async fn a_blob_copied_by_the_lease_holder_is_served_without_fetching_it() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let proxy = Proxy::start_s3(&up).await;
+    let s3 = proxy.s3();
+    for (seed, holder_repo) in [(53, "team/app"), (54, "team/other")] {
+        let data = blob_bytes(seed, 100_000);
+        let d = up.put_blob("team/app", data.clone());
+        put_lease(s3, &d, proxy.clock.now_ms() + 60_000, holder_repo).await;
+        let waiter = spawn_get(&proxy, &format!("/v2/team/app/blobs/{d}"));
+        s3.wait_for("the request to wait", |c| waiting_for_lease(c, &d))
+            .await;
+
+        // The other instance's copy lands.
+        put_object(s3, &blob_key(&d), data.to_vec()).await;
+        if holder_repo == "team/app" {
+            let marker = format!("repos/local/team/app/_digests/{}", d.replace(':', "/"));
+            let doc = serde_json::json!({ "size": data.len() });
+            put_object(s3, &marker, doc.to_string().into_bytes()).await;
+            s3.admin
+                .delete_object()
+                .bucket(&s3.bucket)
+                .key(lease_key(&d))
+                .send()
+                .await
+                .unwrap();
+        }
+        let (_, body) = follow_redirect(&proxy, waiter.await.unwrap(), &d).await;
+        assert_eq!(body, data);
+        assert_eq!(up.count("GET", &format!("/blobs/{d}")), 0, "{holder_repo}");
+        let heads = usize::from(holder_repo != "team/app");
+        assert_eq!(
+            up.count_authorized("HEAD", &format!("/blobs/{d}")),
+            heads,
+            "{holder_repo}"
+        );
+    }
+    s3.assert_no_uploads().await;
+}
+
+/// A fill that runs longer than the renewal interval renews its lease: the expiry moves forward
+/// while the copy runs, and the lease is released at the end.
+#[tokio::test]
+async fn a_long_fill_keeps_renewing_its_lease() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(55, 100_000);
+    let d = up.put_blob("team/app", data.clone());
+    let server = S3Server::start().await;
+    let services = Services {
+        server_lease: ServerLease {
+            ttl: Duration::from_secs(5),
+            renew_every: Duration::from_millis(100),
+        },
+        ..Services::default()
+    };
+    let proxy = Proxy::with_s3_services(&patient_config(&up, &server, ""), server, services).await;
+    stall_blob_gets(&up);
+    let key = lease_key(&d);
+
+    let request = spawn_get(&proxy, &format!("/v2/team/app/blobs/{d}"));
+    proxy
+        .s3()
+        .wait_for("the lease", |c| puts(c, &key, true) == 1)
+        .await;
+    let created = lease_expiry(proxy.s3(), &d).await;
+    proxy
+        .s3()
+        .wait_for("two renewals", |c| puts(c, &key, true) >= 3)
+        .await;
+    let renewed = lease_expiry(proxy.s3(), &d).await;
+    assert!(renewed > created, "{renewed} <= {created}");
+    assert!(!request.is_finished());
+
+    let (_, body) = follow_redirect(&proxy, request.await.unwrap(), &d).await;
+    assert_eq!(body, data);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
+    assert_eq!(
+        proxy.s3().object_keys("leases/").await,
+        Vec::<String>::new()
     );
     proxy.s3().assert_no_uploads().await;
 }

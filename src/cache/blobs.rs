@@ -38,8 +38,15 @@ pub enum BlobAnswer {
 /// What the fill task tells the request that started it, once the upstream has answered.
 pub(super) enum FillStart {
     Streaming(Option<u64>),
+    /// Not streamed: stored already, or copied by another instance; answer from the store.
     AlreadyStored,
 }
+
+/// The request that starts a streamed fill: told when the upstream answered, sent every chunk.
+pub(super) type Tee = (
+    oneshot::Sender<FillStart>,
+    mpsc::Sender<std::io::Result<Bytes>>,
+);
 
 /// Chunks buffered between the fill and a slow streaming client; the fill then waits for it.
 const TEE_BUFFER: usize = 8;
@@ -189,7 +196,8 @@ impl Registry {
                 let body = tokio_stream_from(chunk_rx);
                 Ok(Some(BlobAnswer::Passthrough { len, body }))
             }
-            // Stored by another repository's fill meanwhile, or the fill failed before a byte
+            // Stored by another repository's fill meanwhile, being copied by another instance
+            // (its lease is held: this fill waits for it), or the fill failed before a byte
             // arrived: the shared result says which.
             Ok(FillStart::AlreadyStored) | Err(_) => {
                 shared.await?;
@@ -206,17 +214,18 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<(
-            oneshot::Sender<FillStart>,
-            mpsc::Sender<std::io::Result<Bytes>>,
-        )>,
+        tee: Option<Tee>,
     ) -> (bool, super::flight::SharedResult<u64>) {
         let flight_key = format!("{}@{digest}", target.scoped_name());
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();
         self.blob_flights.start(flight_key, move || async move {
-            this.copy_blob(&target, &digest, tee, None).await
+            if this.leases_server_fills() {
+                this.leased_copy(&target, &digest, tee).await
+            } else {
+                this.copy_blob(&target, &digest, tee, None).await
+            }
         })
     }
 
@@ -227,10 +236,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<(
-            oneshot::Sender<FillStart>,
-            mpsc::Sender<std::io::Result<Bytes>>,
-        )>,
+        tee: Option<Tee>,
         redirects: Option<&crate::upstream::RedirectSink>,
     ) -> Result<u64, Error> {
         let (start_tx, chunk_tx) = match tee {

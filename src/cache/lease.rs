@@ -1,4 +1,5 @@
-//! Blob misses in Lambda mode: a deadline, a lease, and a hand-off.
+//! Blob misses in Lambda mode: a deadline, a lease, and a hand-off; and the same lease for
+//! server instances sharing a bucket.
 //!
 //! API Gateway ends a request after 30 s, and a Lambda instance is frozen as soon as it has
 //! answered, so a copy cannot simply go on in the background. A miss is therefore:
@@ -21,6 +22,13 @@
 //! 4. The **asynchronous invocation** ([`Registry::fill_job`]) adopts the lease (it is the named
 //!    owner, or the lease is gone or expired), copies with no deadline but Lambda's own, and
 //!    deletes the lease.
+//!
+//! In **server mode over S3** ([`Registry::leased_copy`]) several instances may share a bucket.
+//! The single-flight leader of a fill takes the same lease (valid [`ServerLease::ttl`], renewed
+//! every [`ServerLease::renew_every`] while the copy runs, so a long copy is never taken over
+//! while its owner lives) and deletes it when done. A leader that finds the lease held by
+//! another owner does not fetch: it waits until the blob is stored (or the lease is released or
+//! expires, when it takes over) and then serves it as any blob stored by another instance.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -31,6 +39,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::blobs::{FillStart, Tee};
 use super::{BlobAnswer, Registry, Target};
 use crate::error::{Code, Error};
 use crate::oci::{Digest, RepoName};
@@ -92,6 +101,32 @@ impl FillPolicy {
 const SYNC_GRACE: Duration = Duration::from_secs(10);
 /// The lease of an asynchronous copy: Lambda's 15-minute limit plus a margin.
 pub const ASYNC_LEASE: Duration = Duration::from_secs(16 * 60);
+
+/// Server mode over S3: the lease of a fill, so that instances sharing the bucket fetch a blob
+/// from the upstream once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLease {
+    /// How long a lease is valid past its last renewal: an owner that died is taken over after
+    /// this long.
+    pub ttl: Duration,
+    /// How often the owner renews it while the copy runs.
+    pub renew_every: Duration,
+}
+
+impl Default for ServerLease {
+    fn default() -> Self {
+        ServerLease {
+            ttl: Duration::from_secs(60),
+            renew_every: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The longest a request waits for another instance's copy of a blob (by the registry's clock).
+const SERVER_WAIT_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// The first pause between looks at a lease held elsewhere, doubled up to [`WAIT_PAUSE_MAX`].
+const WAIT_PAUSE_FIRST: Duration = Duration::from_millis(200);
+const WAIT_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// The lease document (JSON).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -186,6 +221,132 @@ impl Registry {
             // It expires by itself; the next miss takes it over.
             tracing::warn!(%key, error = %e, "could not delete a fill lease");
         }
+    }
+
+    /// Whether a fill takes the lease of [`Self::leased_copy`]: in server mode over a store that
+    /// several instances share (S3). Lambda mode leases in [`Self::fill_within_deadline`]; a
+    /// filesystem store belongs to one process.
+    pub(super) fn leases_server_fills(&self) -> bool {
+        self.fill_policy.is_none() && self.store.serves_by_redirect()
+    }
+
+    /// A fill in server mode over S3, run by the process's single-flight leader: under the lease,
+    /// or, while another owner holds it, by waiting for that owner's copy.
+    pub(super) async fn leased_copy(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        mut tee: Option<Tee>,
+    ) -> Result<u64, Error> {
+        let key = keys::lease(digest);
+        let blob_key = keys::blob(digest);
+        let give_up = self.clock.now_ms() + SERVER_WAIT_LIMIT.as_millis() as u64;
+        let mut pause = WAIT_PAUSE_FIRST;
+        let mut waiting = false;
+        loop {
+            let lease = Lease {
+                owner: new_owner(),
+                expires_at: self.clock.now_ms() + self.server_lease.ttl.as_millis() as u64,
+                upstream: target.alias().to_owned(),
+                repo: target.repo.to_string(),
+                redirect: None,
+            };
+            let other = match self.acquire_lease(&key, &lease).await? {
+                Acquired::Yes(etag) => {
+                    return self
+                        .copy_under_lease(target, digest, tee, lease, etag)
+                        .await;
+                }
+                Acquired::Held(other) => other,
+            };
+            // A streaming starter is not streamed: it waits with the others and is then
+            // answered from the store.
+            if let Some((start, _)) = tee.take() {
+                let _ = start.send(FillStart::AlreadyStored);
+            }
+            if !waiting {
+                tracing::info!(repo = %target.scoped_name(), %digest, owner = %other.owner, "another instance is copying this blob; waiting for it");
+                waiting = true;
+            }
+            if self.store.head(&blob_key).await?.is_some() {
+                if let Some(m) = self.read_marker(target, digest).await? {
+                    return Ok(m.size);
+                }
+                let same_repo =
+                    other.upstream == target.alias() && other.repo == target.repo.as_str();
+                if !same_repo {
+                    // Copied for another repository: the upstream confirms this one holds it.
+                    return self.confirm_with_upstream(target, digest).await;
+                }
+                // Copied for this repository: its marker follows, then the lease is released.
+            }
+            if self.clock.now_ms() >= give_up {
+                return Err(busy(
+                    &format!(
+                        "another instance has been copying {digest} from the upstream for over {} minutes",
+                        SERVER_WAIT_LIMIT.as_secs() / 60
+                    ),
+                    self.retry_after(),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(WAIT_PAUSE_MAX);
+        }
+    }
+
+    /// The copy, with the lease renewed while it runs and released when it ends.
+    async fn copy_under_lease(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        tee: Option<Tee>,
+        lease: Lease,
+        etag: String,
+    ) -> Result<u64, Error> {
+        let key = keys::lease(digest);
+        let lost = std::sync::atomic::AtomicBool::new(false);
+        let renew = async {
+            let mut etag = etag;
+            loop {
+                tokio::time::sleep(self.server_lease.renew_every).await;
+                let renewed = Lease {
+                    expires_at: self.clock.now_ms() + self.server_lease.ttl.as_millis() as u64,
+                    ..lease.clone()
+                };
+                match self
+                    .store
+                    .put_if(
+                        &key,
+                        Self::lease_json(&renewed),
+                        Condition::Matches(etag.clone()),
+                    )
+                    .await
+                {
+                    Ok(Some(e)) => etag = e,
+                    Ok(None) => {
+                        // Taken over (it expired: renewals kept failing). The copy goes on: the
+                        // blob is written once, whoever finishes first.
+                        tracing::warn!(%key, "lost the fill lease to another owner");
+                        lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    // Tried again at the next interval; the lease outlives several.
+                    Err(e) => tracing::warn!(%key, error = %e, "could not renew the fill lease"),
+                }
+            }
+        };
+        let copy = self.copy_blob(target, digest, tee, None);
+        let result = {
+            tokio::pin!(copy, renew);
+            match futures_util::future::select(copy, renew).await {
+                futures_util::future::Either::Left((result, _)) => result,
+                futures_util::future::Either::Right(((), copy)) => copy.await,
+            }
+        };
+        if !lost.load(Ordering::Relaxed) {
+            self.release_lease(&key).await;
+        }
+        result
     }
 
     /// A blob miss in Lambda mode (see the module documentation).

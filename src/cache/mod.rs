@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
-pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy};
+pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy, ServerLease};
 pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
 
@@ -148,6 +148,9 @@ pub struct Registry {
     /// Lambda mode: blob misses are copied against a deadline, under a lease, and handed to an
     /// asynchronous invocation when the deadline passes.
     fill_policy: Option<FillPolicy>,
+    /// Server mode over S3: the lease a fill holds so that instances sharing the bucket fetch a
+    /// blob once.
+    server_lease: ServerLease,
     /// This registry itself, for work handed to a background task (single-flight fills).
     me: Weak<Registry>,
 }
@@ -158,6 +161,9 @@ pub struct Registry {
 pub struct Services {
     pub secrets: Option<Arc<dyn SecretSource>>,
     pub fill_policy: Option<FillPolicy>,
+    /// Server mode over S3: the validity and renewal interval of a fill's lease (tests shorten
+    /// them).
+    pub server_lease: ServerLease,
 }
 
 impl Registry {
@@ -206,6 +212,7 @@ impl Registry {
             blob_flights: SingleFlight::default(),
             clock,
             fill_policy: services.fill_policy,
+            server_lease: services.server_lease,
         }))
     }
 

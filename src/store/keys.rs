@@ -55,7 +55,8 @@ pub fn blobs_prefix(algorithm: crate::oci::digest::Algorithm) -> Key {
     Key::new(format!("blobs/{}", algorithm.as_str()))
 }
 
-/// The lease of a blob fill in progress (Lambda mode): at most one copy of a blob at a time.
+/// The lease of a blob fill in progress (S3: Lambda, or servers sharing a bucket): at most one
+/// copy of a blob at a time.
 pub fn lease(digest: &Digest) -> Key {
     Key::new(format!(
         "leases/blobs/{}/{}",

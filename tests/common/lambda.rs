@@ -358,6 +358,7 @@ pub async fn function(toml: &str, server: &S3Server, aws: &FakeAws, clock: Arc<C
     let services = Services {
         secrets: Some(aws.secrets_manager()),
         fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
+        ..Services::default()
     };
     let (router, registry) =
         pullthrough::build(config, Arc::new(store), clock, services).expect("app builds");

@@ -100,7 +100,12 @@ impl Proxy {
     /// A second proxy over the same bucket (fresh memory, same S3 server): what another
     /// instance or a restarted one sees. `toml` should hold the server's `[s3]` table.
     pub async fn sibling_s3(&self, toml: &str) -> Proxy {
-        Proxy::over_s3(toml, Arc::clone(self.s3.as_ref().expect("a proxy over S3"))).await
+        Proxy::over_s3(
+            toml,
+            Arc::clone(self.s3.as_ref().expect("a proxy over S3")),
+            Services::default(),
+        )
+        .await
     }
 
     /// [`Proxy::sibling`] with `services`.
@@ -138,10 +143,15 @@ impl Proxy {
     /// should hold `server.config_table(..)`. Options come from the config as in production
     /// (`AWS_CA_BUNDLE` included), credentials are the test server's.
     pub async fn with_s3_config(toml: &str, server: S3Server) -> Proxy {
-        Proxy::over_s3(toml, Arc::new(server)).await
+        Proxy::over_s3(toml, Arc::new(server), Services::default()).await
     }
 
-    async fn over_s3(toml: &str, server: Arc<S3Server>) -> Proxy {
+    /// [`Proxy::with_s3_config`] with `services` (e.g. a shorter fill lease).
+    pub async fn with_s3_services(toml: &str, server: S3Server, services: Services) -> Proxy {
+        Proxy::over_s3(toml, Arc::new(server), services).await
+    }
+
+    async fn over_s3(toml: &str, server: Arc<S3Server>, services: Services) -> Proxy {
         let settings = Settings {
             store: Some(format!("s3://{}", server.bucket)),
             ..Settings::default()
@@ -153,14 +163,7 @@ impl Proxy {
         };
         let store = S3Store::open(options).await.expect("S3 store opens");
         let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Proxy::serve(
-            config,
-            Arc::new(store),
-            store_dir,
-            Some(server),
-            Services::default(),
-        )
-        .await
+        Proxy::serve(config, Arc::new(store), store_dir, Some(server), services).await
     }
 
     async fn serve(
