@@ -133,6 +133,72 @@ async fn the_token_flow_and_basic_credentials_both_work() {
     expect_oci_error(resp, 401, "UNAUTHORIZED").await;
 }
 
+/// containerd, when it has credentials, first asks for a token with an OAuth2 password grant
+/// (a form-encoded POST, what `ctr images pull --user` sends) and falls back to GET with Basic
+/// only after an error; the grant is answered directly.
+#[tokio::test]
+async fn the_oauth2_password_grant_gives_a_token() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 93);
+    let (proxy, _dir) = proxy_with_users(&up).await;
+    let post = |body: String, content_type: &'static str| {
+        proxy
+            .http
+            .post(format!("{}/token", proxy.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let form = |password: &str| {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", "password")
+            .append_pair("username", "alice")
+            .append_pair("password", password)
+            .append_pair("service", "pullthrough")
+            .append_pair("scope", "repository:team/app:pull")
+            .append_pair("client_id", "containerd-client");
+        f.finish()
+    };
+    const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+    let resp = post(form("s3cret"), FORM).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(body["expires_in"], 300);
+    let resp = get_with(
+        &proxy,
+        "/v2/team/app/manifests/v1",
+        &format!("Bearer {token}"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "docker-content-digest"),
+        Some(img.index.digest.as_str())
+    );
+
+    // A wrong password, another grant, or the fields in another content type: no token.
+    let refresh = "grant_type=refresh_token&refresh_token=x&service=pullthrough".to_owned();
+    for (body, content_type) in [
+        (form("wrong"), FORM),
+        (refresh, FORM),
+        (form("s3cret"), "text/plain"),
+    ] {
+        let resp = post(body, content_type).await.unwrap();
+        expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    }
+    // Basic on a POST still works (the fields are optional).
+    let resp = proxy
+        .http
+        .post(format!("{}/token", proxy.url))
+        .header("authorization", basic("alice", "s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn a_registry_client_logs_in_and_pulls() {
     use oci_client::client::{ClientConfig, ClientProtocol};
