@@ -44,6 +44,14 @@ async fn get_with(proxy: &Proxy, path: &str, authorization: &str) -> reqwest::Re
         .unwrap()
 }
 
+/// `token`, as `Authorization: Bearer`, opens the manifest `team/app:v1` (of digest `digest`).
+async fn bearer_opens_the_manifest(proxy: &Proxy, token: &str, digest: &str) {
+    let path = "/v2/team/app/manifests/v1";
+    let resp = get_with(proxy, path, &format!("Bearer {token}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "docker-content-digest"), Some(digest));
+}
+
 #[tokio::test]
 async fn without_credentials_clients_get_the_token_challenge_and_nothing_else() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
@@ -104,17 +112,7 @@ async fn the_token_flow_and_basic_credentials_both_work() {
     assert_eq!(body["access_token"], token.as_str());
     assert_eq!(body["expires_in"], 300);
 
-    let resp = get_with(
-        &proxy,
-        "/v2/team/app/manifests/v1",
-        &format!("Bearer {token}"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(img.index.digest.as_str())
-    );
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
     let resp = get_with(
         &proxy,
         "/v2/team/app/manifests/v1",
@@ -166,17 +164,7 @@ async fn the_oauth2_password_grant_gives_a_token() {
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(body["expires_in"], 300);
-    let resp = get_with(
-        &proxy,
-        "/v2/team/app/manifests/v1",
-        &format!("Bearer {token}"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(img.index.digest.as_str())
-    );
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
 
     // A wrong password, another grant, or the fields in another content type: no token.
     let refresh = "grant_type=refresh_token&refresh_token=x&service=pullthrough".to_owned();
@@ -297,17 +285,7 @@ async fn users_from_a_secret_log_in_with_basic_and_tokens_and_pull() {
 
     // The token flow.
     let token = token_for(&proxy, "alice", "s3cret").await;
-    let resp = get_with(
-        &proxy,
-        "/v2/team/app/manifests/v1",
-        &format!("Bearer {token}"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(img.index.digest.as_str())
-    );
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
     // Basic, for another user of the same secret, down to a blob's bytes.
     let layer = &img.amd64.blob_digests()[1];
     let resp = get_with(

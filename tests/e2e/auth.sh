@@ -11,10 +11,10 @@
 # Bearer; a tampered token). Unauthenticated and wrong credentials must be refused without the
 # upstream seeing anything, and the log must hold neither the password nor a token.
 #
-# Uses from run.sh: check, fail_now, log, elapsed, curl, WORK, RUNROOTS, BIN, CLIENT_TIMEOUT, the
-# client helpers (sk, push_fixture, inspect_check, copy_check, pod, podman_check, ctd_start,
-# ctd_stop, c, ctr_plain_check, lines, since, count, no_panics) and, from lib.sh, start_bg,
-# stop_pid, wait_http, free_ports, registry_config.
+# Uses from run.sh: check, fail_now, section_setup, log, elapsed, curl, WORK, RUNROOTS, BIN,
+# CLIENT_TIMEOUT, the client helpers (sk, push_fixture, inspect_check, copy_check, pod,
+# podman_check, ctd_start, ctd_stop, c, ctr_plain_check, lines, since, count, no_panics) and, from
+# lib.sh, start_bg, stop_pid, wait_http, free_ports, registry_config.
 
 AUTH_USER="e2e-login"
 # Spaces, a colon (Basic splits at the first one), quotes, a backslash, shell and URL characters.
@@ -57,9 +57,9 @@ must_fail() {
 # b64 TEXT: base64 of TEXT on one line (what `Authorization: Basic` carries).
 b64() { printf '%s' "$1" | base64 -w0; }
 
-# auth_setup: htpasswd file, upstream registry, pullthrough. Called in an `if` (where errexit
-# does not apply), so every step that can fail says so itself. Sets the caller's (auth_section's)
-# UP, PROXY, REFS, PT_LOG.
+# auth_setup: htpasswd file, upstream registry, pullthrough. Run by section_setup (run.sh), where
+# errexit does not apply, so every step that can fail says so itself. Sets auth_section's UP,
+# PROXY, REFS, PT_LOG, AUTH_UP_LOG.
 auth_setup() {
     AUTH_DIR=$WORK/auth
     AUTH_FILE=$AUTH_DIR/podman-auth.json
@@ -212,32 +212,45 @@ token_endpoint_refuses() {
     done
 }
 
+# token_of FILE: the token of a /token answer (`token`, when there, equals `access_token`; a
+# positive `expires_in`), also appended to $AUTH_DIR/tokens for the log check.
+token_of() {
+    python3 - "$1" <<'PY' | tee -a "$AUTH_DIR/tokens"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["access_token"] and d.get("token", d["access_token"]) == d["access_token"], d
+assert d["expires_in"] > 0, d
+print(d["access_token"])
+PY
+}
+
+# bearer_opens OUT TOKEN: a manifest GET with the token gives the upstream's exact bytes.
+bearer_opens() {
+    local code
+    code=$(get_manifest "$1" -H "Authorization: Bearer $2")
+    echo "manifest GET with a token of ${#2} characters: $code"
+    [[ $code == 200 ]]
+    cmp "$1.b" "$REFS/multiarch.tag"
+    tr -d '\r' <"$1.h" | grep -i "^docker-content-digest: $MULTIARCH_DIGEST$"
+}
+
 # The registry token flow by hand: /token with Basic (GET) and with the password grant (POST),
-# each token then opens a manifest GET as Bearer (the exact upstream bytes); tampered tokens and
-# a token presented as Basic do not.
+# each token then opens a manifest GET as Bearer (the exact upstream bytes); a tampered
+# signature, forged claims and a payload without signature do not.
 token_flow_by_hand() {
     local out=$AUTH_DIR/out/token t t_post code payload sig forged
     local q="service=$AUTH_SERVICE&scope=repository:$MULTIARCH_REPO:pull"
     curl -sSf -o "$out.json" -u "$AUTH_USER:$AUTH_PASSWORD" "http://$PROXY/token?$q&account=$AUTH_USER"
-    t=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["token"] == d["access_token"] and d["expires_in"] > 0, d; print(d["token"])' "$out.json")
-    echo "$t" >>"$AUTH_DIR/tokens"
-    echo "GET /token: a token of ${#t} characters, expires_in $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["expires_in"])' "$out.json")"
-    code=$(get_manifest "$out" -H "Authorization: Bearer $t")
-    echo "manifest GET with the token: $code"
-    [[ $code == 200 ]]
-    cmp "$out.b" "$REFS/multiarch.tag"
-    tr -d '\r' <"$out.h" | grep -i "^docker-content-digest: $MULTIARCH_DIGEST$"
-
-    curl -sSf -o "$out.json" --data-urlencode grant_type=password --data-urlencode "username=$AUTH_USER" \
-        --data-urlencode "password=$AUTH_PASSWORD" --data-urlencode "service=$AUTH_SERVICE" \
-        --data-urlencode "scope=repository:$MULTIARCH_REPO:pull" --data-urlencode client_id=e2e \
-        "http://$PROXY/token"
-    t_post=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["access_token"] and d["expires_in"] > 0, d; print(d["access_token"])' "$out.json")
-    echo "$t_post" >>"$AUTH_DIR/tokens"
-    code=$(get_manifest "$out" -H "Authorization: Bearer $t_post")
-    echo "manifest GET with the POST /token token: $code"
-    [[ $code == 200 ]]
-    cmp "$out.b" "$REFS/multiarch.tag"
+    t=$(token_of "$out.json")
+    echo "GET /token with Basic:"
+    bearer_opens "$out" "$t"
+    curl -sSf -o "$out.json" --data-urlencode grant_type=password \
+        --data-urlencode "username=$AUTH_USER" --data-urlencode "password=$AUTH_PASSWORD" \
+        --data-urlencode "service=$AUTH_SERVICE" --data-urlencode client_id=e2e \
+        --data-urlencode "scope=repository:$MULTIARCH_REPO:pull" "http://$PROXY/token"
+    t_post=$(token_of "$out.json")
+    echo "POST /token, grant_type=password:"
+    bearer_opens "$out" "$t_post"
 
     payload=${t%%.*}
     sig=${t#*.}
@@ -384,13 +397,8 @@ auth_section() {
     local p="[auth]"
     # run.sh's client helpers read these globals: within this section, they are its own.
     local UP="" PROXY="" REFS="" PT_LOG="" CUR_OUT="" POD="" POD_RUN="" AUTH_UP_LOG=""
-    STAGE="auth: setup"
     log "$p htpasswd users, upstream registry, pullthrough with PULLTHROUGH_AUTH ($(elapsed))"
-    if ! auth_setup >"$WORK/auth-setup.log" 2>&1; then
-        fail_now "$p setup (htpasswd, upstream registry, pullthrough)" "$(tail -n 5 "$WORK/auth-setup.log")"
-        auth_teardown
-        return 0
-    fi
+    section_setup auth auth_setup auth_teardown "htpasswd, upstream registry, pullthrough" || return 0
     sed -n 's/^\(-- \)\{0,1\}\(.*auth: .*\)$/-- \2/p' "$WORK/auth-setup.log"
     STAGE="auth: checks"
     CUR_OUT=$AUTH_DIR/out/check

@@ -141,6 +141,20 @@ teardown() {
     return 0
 }
 
+# section_setup SECTION SETUP TEARDOWN WHAT: a section's setup function, its output in
+# $WORK/SECTION-setup.log; on failure one FAIL line (with the log's tail), the section's teardown,
+# and a non-zero status (the section then skips its checks). SETUP runs in an `if`, where errexit
+# does not apply: each of its steps that can fail says so itself.
+section_setup() {
+    local sec=$1 setup=$2 teardown=$3 what=$4
+    STAGE="$sec: setup"
+    if ! "$setup" >"$WORK/$sec-setup.log" 2>&1; then
+        fail_now "[$sec] setup ($what)" "$(tail -n 5 "$WORK/$sec-setup.log")"
+        "$teardown"
+        return 1
+    fi
+}
+
 summary() {
     SUMMARY_DONE=1
     echo "$PASSED passed, $FAILED failed"
