@@ -44,6 +44,14 @@ async fn get_with(proxy: &Proxy, path: &str, authorization: &str) -> reqwest::Re
         .unwrap()
 }
 
+/// `token`, as `Authorization: Bearer`, opens the manifest `team/app:v1` (of digest `digest`).
+async fn bearer_opens_the_manifest(proxy: &Proxy, token: &str, digest: &str) {
+    let path = "/v2/team/app/manifests/v1";
+    let resp = get_with(proxy, path, &format!("Bearer {token}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "docker-content-digest"), Some(digest));
+}
+
 #[tokio::test]
 async fn without_credentials_clients_get_the_token_challenge_and_nothing_else() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
@@ -104,17 +112,7 @@ async fn the_token_flow_and_basic_credentials_both_work() {
     assert_eq!(body["access_token"], token.as_str());
     assert_eq!(body["expires_in"], 300);
 
-    let resp = get_with(
-        &proxy,
-        "/v2/team/app/manifests/v1",
-        &format!("Bearer {token}"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(img.index.digest.as_str())
-    );
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
     let resp = get_with(
         &proxy,
         "/v2/team/app/manifests/v1",
@@ -131,6 +129,62 @@ async fn the_token_flow_and_basic_credentials_both_work() {
     proxy.advance(Duration::from_secs(301));
     let resp = get_with(&proxy, "/v2/", &format!("Bearer {token}")).await;
     expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+}
+
+/// containerd, when it has credentials, first asks for a token with an OAuth2 password grant
+/// (a form-encoded POST, what `ctr images pull --user` sends) and falls back to GET with Basic
+/// only after an error; the grant is answered directly.
+#[tokio::test]
+async fn the_oauth2_password_grant_gives_a_token() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 93);
+    let (proxy, _dir) = proxy_with_users(&up).await;
+    let post = |body: String, content_type: &'static str| {
+        proxy
+            .http
+            .post(format!("{}/token", proxy.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let form = |password: &str| {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", "password")
+            .append_pair("username", "alice")
+            .append_pair("password", password)
+            .append_pair("service", "pullthrough")
+            .append_pair("scope", "repository:team/app:pull")
+            .append_pair("client_id", "containerd-client");
+        f.finish()
+    };
+    const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+    let resp = post(form("s3cret"), FORM).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(body["expires_in"], 300);
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
+
+    // A wrong password, another grant, or the fields in another content type: no token.
+    let refresh = "grant_type=refresh_token&refresh_token=x&service=pullthrough".to_owned();
+    for (body, content_type) in [
+        (form("wrong"), FORM),
+        (refresh, FORM),
+        (form("s3cret"), "text/plain"),
+    ] {
+        let resp = post(body, content_type).await.unwrap();
+        expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    }
+    // Basic on a POST still works (the fields are optional).
+    let resp = proxy
+        .http
+        .post(format!("{}/token", proxy.url))
+        .header("authorization", basic("alice", "s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
@@ -231,17 +285,7 @@ async fn users_from_a_secret_log_in_with_basic_and_tokens_and_pull() {
 
     // The token flow.
     let token = token_for(&proxy, "alice", "s3cret").await;
-    let resp = get_with(
-        &proxy,
-        "/v2/team/app/manifests/v1",
-        &format!("Bearer {token}"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(img.index.digest.as_str())
-    );
+    bearer_opens_the_manifest(&proxy, &token, &img.index.digest).await;
     // Basic, for another user of the same secret, down to a blob's bytes.
     let layer = &img.amd64.blob_digests()[1];
     let resp = get_with(

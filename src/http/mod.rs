@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -123,21 +123,36 @@ fn token_realm(headers: &HeaderMap) -> String {
     format!("{proto}://{host}/token")
 }
 
-/// The registry token endpoint: Basic credentials in, a short-lived token out.
-async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// The registry token endpoint: a user's credentials in, a short-lived token out. They come as
+/// `Authorization: Basic` (the GET of docker, podman and skopeo), or as the form fields of an
+/// OAuth2 password grant (`POST`, `grant_type=password&username=…&password=…`), which
+/// containerd tries first when it has credentials.
+async fn token(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(auth) = &state.auth else {
         return Error::not_found(Code::Unsupported, "client authentication is off").into_response();
     };
     let now = state.registry.now_ms();
-    let credentials = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.trim()
-                .strip_prefix("Basic ")
-                .or(v.trim().strip_prefix("basic "))
-        })
-        .and_then(|v| crate::access::decode_basic(v.trim()));
+    let grant = if method == Method::POST {
+        password_grant(&headers, &body)
+    } else {
+        None
+    };
+    let credentials = grant.or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.trim()
+                    .strip_prefix("Basic ")
+                    .or(v.trim().strip_prefix("basic "))
+            })
+            .and_then(|v| crate::access::decode_basic(v.trim()))
+    });
     let users = match credentials {
         None => None,
         Some(credentials) => match auth.users(now).await {
@@ -175,6 +190,36 @@ async fn token(State(state): State<AppState>, headers: HeaderMap) -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The user and password of an OAuth2 password grant: a form-encoded body with
+/// `grant_type=password`, `username` and `password`. Anything else (another grant, another
+/// content type, a body over [`MAX_QUERY_LEN`]) is `None`.
+fn password_grant(headers: &HeaderMap, body: &[u8]) -> Option<(String, String)> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form || body.len() > MAX_QUERY_LEN {
+        return None;
+    }
+    let (mut grant, mut user, mut password) = (None, None, None);
+    for (k, v) in url::form_urlencoded::parse(body) {
+        match k.as_ref() {
+            "grant_type" => grant = Some(v),
+            "username" => user = Some(v),
+            "password" => password = Some(v),
+            _ => {}
+        }
+    }
+    if grant.as_deref() != Some("password") {
+        return None;
+    }
+    Some((user?.into_owned(), password?.into_owned()))
 }
 
 /// Adds `Docker-Distribution-API-Version` and `X-Pullthrough-Store-Calls` to every response and

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Builds the end-to-end fixture images offline (python3 standard library only).
 
-Usage: make_fixtures.py OUTDIR
+Usage: make_fixtures.py OUTDIR [FIXTURE...]
 
-Writes one image layout per fixture under OUTDIR and OUTDIR/fixtures.json describing them
+Writes one image layout per fixture (all, or only the FIXTUREs named; multiarch is always built,
+artifact brings referrers_fallback) under OUTDIR and OUTDIR/fixtures.json describing them
 (repository, tag, layout transport, digests). Content is deterministic: the same script writes the
 same bytes, so digests are stable from run to run.
 
@@ -294,19 +295,23 @@ def build_artifact(out, subject):
 
 
 def main():
-    out = sys.argv[1]
+    out, only = sys.argv[1], set(sys.argv[2:])
     os.makedirs(out, exist_ok=True)
     base = small_layer("shared-base")
     multi, amd = build_multiarch(out, base)
-    art, fallback = build_artifact(out, amd)
-    fixtures = {
-        "multiarch": multi,
-        "dockerlist": build_dockerlist(out),
-        "manylayers": build_manylayers(out, base),
-        "big": build_big(out),
-        "artifact": art,
-        "referrers_fallback": fallback,
+    builders = {
+        "dockerlist": lambda: {"dockerlist": build_dockerlist(out)},
+        "manylayers": lambda: {"manylayers": build_manylayers(out, base)},
+        "big": lambda: {"big": build_big(out)},
+        "artifact": lambda: dict(zip(("artifact", "referrers_fallback"), build_artifact(out, amd))),
     }
+    unknown = only - set(builders) - {"multiarch"}
+    if unknown:
+        sys.exit("unknown fixtures: %s" % " ".join(sorted(unknown)))
+    fixtures = {"multiarch": multi}
+    for name, build in builders.items():
+        if not only or name in only:
+            fixtures.update(build())
     for fx in fixtures.values():
         if fx["digest"] in CONFIGS:
             fx["config"] = CONFIGS[fx["digest"]]

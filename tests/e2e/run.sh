@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end tests: real clients (skopeo, podman, containerd) pull through a release build of
 # pullthrough from real upstream registries (CNCF distribution 2.8, one of them behind token auth),
-# all on 127.0.0.1, with fixture images built offline; and the SSRF guard, tested through the HTTP
-# interface with a public-looking upstream in a network namespace. See tests/e2e/README.md.
+# all on 127.0.0.1, with fixture images built offline; the SSRF guard, tested through the HTTP
+# interface with a public-looking upstream in a network namespace; and the same clients logging
+# in to pullthrough's own client authentication. See tests/e2e/README.md.
 #
 #   bash tests/e2e/run.sh                 # from the repository root; installs what it needs (apt)
 #   bash tests/e2e/run.sh ssrf            # only the SSRF section (~15 s once built)
+#   bash tests/e2e/run.sh auth            # only the client-auth section
 #   bash tests/e2e/run.sh clients         # only the client pulls
 #
-# Sections (arguments, or PULLTHROUGH_E2E_SECTIONS; default both):
+# Sections (arguments, or PULLTHROUGH_E2E_SECTIONS; default all three):
 #   clients   skopeo, podman and containerd pulls for each store of PULLTHROUGH_E2E_STORES
 #   ssrf      the SSRF guard (tests/e2e/ssrf.sh): hostile redirects and token realms from an
 #             upstream on a public address, inside a network namespace (needs root and iproute2)
+#   auth      client authentication (tests/e2e/auth.sh): pullthrough with PULLTHROUGH_AUTH (an
+#             htpasswd file); skopeo --creds, podman login/logout, ctr --user, the /token flow
 #
 # Environment:
-#   PULLTHROUGH_E2E_SECTIONS  sections to run, space separated (default "clients ssrf")
+#   PULLTHROUGH_E2E_SECTIONS  sections to run, space separated (default "clients ssrf auth")
 #   PULLTHROUGH_E2E_STORES  stores to test, space separated (default "fs s3"; s3 runs s3s-fs)
 #   PULLTHROUGH_E2E_KEEP=1  keep the work directory (logs, stores) instead of removing it
 #   PULLTHROUGH_E2E_TMPDIR  where the work directory is made (default /var/tmp)
@@ -28,9 +32,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO_ROOT=$PWD
 E2E_DIR=$REPO_ROOT/tests/e2e
 STORES=${PULLTHROUGH_E2E_STORES:-fs s3}
-SECTIONS=${*:-${PULLTHROUGH_E2E_SECTIONS:-clients ssrf}}
+SECTIONS=${*:-${PULLTHROUGH_E2E_SECTIONS:-clients ssrf auth}}
 for sec in $SECTIONS; do
-    [[ $sec == clients || $sec == ssrf ]] || { echo "unknown section '$sec'; known: clients ssrf" >&2; exit 2; }
+    [[ $sec == clients || $sec == ssrf || $sec == auth ]] ||
+        { echo "unknown section '$sec'; known: clients ssrf auth" >&2; exit 2; }
 done
 want() { [[ " $SECTIONS " == *" $1 "* ]]; } # want SECTION: whether SECTION runs
 KEEP=${PULLTHROUGH_E2E_KEEP:-0}
@@ -60,6 +65,9 @@ source "$E2E_DIR/lib.sh"
 # ssrf_section, ssrf_teardown
 # shellcheck source=tests/e2e/ssrf.sh
 source "$E2E_DIR/ssrf.sh"
+# auth_section, auth_teardown
+# shellcheck source=tests/e2e/auth.sh
+source "$E2E_DIR/auth.sh"
 # No client may hang the run: every client call has a time limit. Redirects are followed: with
 # the S3 store, blob GETs answer 307 to a presigned URL on the S3 server (bodies, codes and
 # headers checked below are those of the final response; -D files hold every response's).
@@ -104,6 +112,7 @@ fail_now() {
 teardown() {
     local m
     ssrf_teardown
+    auth_teardown
     stop_all
     if [[ $POLICY_RC_GUARD == 1 ]]; then
         rm -f /usr/sbin/policy-rc.d || true
@@ -130,6 +139,20 @@ teardown() {
         rm -rf /var/lib/containers || true
     fi
     return 0
+}
+
+# section_setup SECTION SETUP TEARDOWN WHAT: a section's setup function, its output in
+# $WORK/SECTION-setup.log; on failure one FAIL line (with the log's tail), the section's teardown,
+# and a non-zero status (the section then skips its checks). SETUP runs in an `if`, where errexit
+# does not apply: each of its steps that can fail says so itself.
+section_setup() {
+    local sec=$1 setup=$2 teardown=$3 what=$4
+    STAGE="$sec: setup"
+    if ! "$setup" >"$WORK/$sec-setup.log" 2>&1; then
+        fail_now "[$sec] setup ($what)" "$(tail -n 5 "$WORK/$sec-setup.log")"
+        "$teardown"
+        return 1
+    fi
 }
 
 summary() {
@@ -166,8 +189,10 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------------------------------------
 
 PACKAGES=(curl python3 ca-certificates)
-want clients && PACKAGES+=(docker-registry skopeo podman containerd openssl util-linux)
+if want clients || want auth; then PACKAGES+=(docker-registry skopeo podman containerd); fi
+want clients && PACKAGES+=(openssl util-linux)
 want ssrf && PACKAGES+=(iproute2)
+want auth && PACKAGES+=(apache2-utils) # htpasswd -B
 
 install_packages() {
     local missing=() p
@@ -211,7 +236,9 @@ log "work directory $WORK"
 
 STAGE="installing packages"
 install_packages
-! want clients || log "skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), containerd $(containerd --version | awk '{print $3}'), $(docker-registry --version 2>/dev/null | awk '{print $2, $3}')"
+if want clients || want auth; then
+    log "skopeo $(skopeo --version | awk '{print $3}'), podman $(podman --version | awk '{print $3}'), containerd $(containerd --version | awk '{print $3}'), $(docker-registry --version 2>/dev/null | awk '{print $2, $3}')"
+fi
 
 STAGE="cargo build --release"
 log "cargo build --release ($(elapsed))"
@@ -256,20 +283,19 @@ finish() {
 if want ssrf; then
     ssrf_section
 fi
-if ! want clients; then
-    finish
-    exit
+
+# ---------------------------------------------------------------------------------------------
+# 2. Fixtures (offline; the auth section needs only multiarch)
+# ---------------------------------------------------------------------------------------------
+
+if want clients || want auth; then
+    STAGE="building fixtures"
+    # shellcheck disable=SC2046  # no names: every fixture
+    python3 "$E2E_DIR/make_fixtures.py" "$WORK/fixtures" $(want clients || echo multiarch)
+    # shellcheck disable=SC1091
+    source "$WORK/fixtures/fixtures.env"
+    log "fixtures built: $FIXTURES ($(elapsed))"
 fi
-
-# ---------------------------------------------------------------------------------------------
-# 2. Fixtures (offline)
-# ---------------------------------------------------------------------------------------------
-
-STAGE="building fixtures"
-python3 "$E2E_DIR/make_fixtures.py" "$WORK/fixtures"
-# shellcheck disable=SC1091
-source "$WORK/fixtures/fixtures.env"
-log "fixtures built: $FIXTURES ($(elapsed))"
 
 # fx FIXTURE FIELD: a value from fixtures.env (fx multiarch DIGEST, fx dockerlist CHILD_AMD64).
 fx() {
@@ -278,81 +304,19 @@ fx() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 3. Upstream registries and the token server
+# 2b. Client helpers (sections clients and auth). They act on the globals UP (the upstream),
+# PROXY, REFS (the upstream's bytes), PT_LOG, CUR_OUT, POD/POD_RUN and CTD, which the auth
+# section sets as locals of its own (bash's dynamic scoping) before calling them.
 # ---------------------------------------------------------------------------------------------
-
-STAGE="starting the upstream registries"
-read -r P_UP P_SEC P_TOK P_PROXY P_DEAD P_S3 < <(free_ports 6)
-UP=127.0.0.1:$P_UP
-SEC=127.0.0.1:$P_SEC
-PROXY=127.0.0.1:$P_PROXY
-UP_LOG=$WORK/upstream.log
-SEC_LOG=$WORK/upstream-secure.log
-TOK_LOG=$WORK/token-server.log
-PT_LOG=$WORK/pullthrough.log
-touch "$UP_LOG" "$SEC_LOG" "$TOK_LOG" "$PT_LOG"
 
 cat >"$WORK/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}
 EOF
-# For skopeo and podman: plain HTTP to the proxy; docker.io mirrored by the proxy (README).
-cat >"$WORK/registries.conf" <<EOF
-unqualified-search-registries = []
-
-[[registry]]
-location = "$PROXY"
-insecure = true
-
-[[registry]]
-location = "$UP"
-insecure = true
-
-[[registry]]
-location = "$SEC"
-insecure = true
-
-[[registry]]
-prefix = "docker.io"
-location = "docker.io"
-[[registry.mirror]]
-location = "$PROXY/docker.io"
-insecure = true
-EOF
-export CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf
 sk() { timeout "$CLIENT_TIMEOUT" skopeo --policy "$WORK/policy.json" "$@"; }
 
-registry_config "$WORK/upstream.yml" "$P_UP" "$WORK/upstream-data"
-start_upstream() {
-    start_bg "upstream registry on $UP" "$UP_LOG" docker-registry serve "$WORK/upstream.yml"
-    UP_PID=$LAST_PID
-    wait_http "http://$UP/v2/" "$UP_PID" "upstream registry"
-}
-start_upstream
-
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$TOKEN_ISSUER" \
-    -keyout "$WORK/token-key.pem" -out "$WORK/token-cert.pem" 2>/dev/null
-registry_config "$WORK/upstream-secure.yml" "$P_SEC" "$WORK/upstream-secure-data" "auth:
-  token:
-    realm: http://127.0.0.1:$P_TOK/token
-    service: $TOKEN_SERVICE
-    issuer: $TOKEN_ISSUER
-    rootcertbundle: $WORK/token-cert.pem"
-start_bg "token server on 127.0.0.1:$P_TOK" "$TOK_LOG" python3 "$E2E_DIR/token_server.py" \
-    --listen "127.0.0.1:$P_TOK" --key "$WORK/token-key.pem" --cert "$WORK/token-cert.pem" \
-    --issuer "$TOKEN_ISSUER" --service "$TOKEN_SERVICE" --user "$TOKEN_USER" --password "$TOKEN_PASSWORD"
-TOK_PID=$LAST_PID
-start_bg "token-auth registry on $SEC" "$SEC_LOG" docker-registry serve "$WORK/upstream-secure.yml"
-SEC_PID=$LAST_PID
-
-wait_http "http://127.0.0.1:$P_TOK/token" "$TOK_PID" "token server"
-wait_http "http://$SEC/v2/" "$SEC_PID" "token-auth registry"
-log "upstreams ready ($(elapsed))"
-
-# Reference bytes: what the upstreams serve, fetched once here (before any proxy exists, so the
-# warm rounds' upstream access logs contain only the proxy's requests).
-REFS=$WORK/refs
-mkdir -p "$REFS"
-INSPECT_TABLE=$WORK/inspect-table # key|upstream reference|proxy reference|creds
+lines() { wc -l <"$1"; }
+since() { tail -n "+$(($2 + 1))" "$1"; } # since FILE LINECOUNT
+count() { grep -cE "$1" || true; } # count REGEX < input
 
 push_fixture() { # FIXTURE
     local f=$1 repo tag src
@@ -393,6 +357,187 @@ save_ref() {
         return 1
     fi
 }
+
+inspect_check() { # KEY PROXY_REF [SKOPEO_ARGS...]
+    local key=$1 ref=$2
+    sk inspect --raw --tls-verify=false "${@:3}" "docker://$PROXY/$ref" >"$CUR_OUT"
+    cmp "$REFS/$key" "$CUR_OUT"
+    echo "identical: $(wc -c <"$CUR_OUT") bytes, sha256:$(sha256sum <"$CUR_OUT" | cut -c1-12)"
+}
+
+copy_check() { # PROXY_REF EXPECTED_DIGEST [SKOPEO_ARGS...]
+    local dest=$CUR_OUT.dir
+    rm -rf "$dest"
+    sk copy --all --preserve-digests --src-tls-verify=false "${@:3}" "docker://$PROXY/$1" "dir:$dest"
+    python3 "$E2E_DIR/verify_dir.py" "$dest" "$2"
+    rm -rf "$dest"
+}
+
+# podman, with its own storage per round (vfs), events to a file, no systemd, no CNI writes.
+pod() {
+    mkdir -p "$POD/tmp"
+    TMPDIR=$POD/tmp timeout "$CLIENT_TIMEOUT" podman --root "$POD/root" --runroot "$POD_RUN" --storage-driver vfs \
+        --events-backend file --cgroup-manager cgroupfs --tmpdir "$POD/libpod" \
+        --network-config-dir "$POD/net" "$@"
+}
+
+podman_check() { # REF EXPECTED_DIGEST EXPECTED_CHILD EXPECTED_CONFIG [LAYERS] [PROXY_PATH]
+    local ref=$1 digest=$2 child=$3 config=$4 layers=${5:-} path=${6:-} before info
+    before=$(lines "$PT_LOG")
+    pod pull --signature-policy "$WORK/policy.json" "$ref"
+    info=$(pod image inspect --format '{{.Digest}} {{.Id}} {{.RepoDigests}} {{len .RootFS.Layers}}' "$ref")
+    echo "podman reports: $info"
+    read -r got_digest got_id _ <<<"$info"
+    [[ $got_digest == "$digest" ]] || { echo "digest $got_digest != $digest (upstream)"; return 1; }
+    [[ sha256:$got_id == "$config" ]] || { echo "image id $got_id != config $config"; return 1; }
+    grep -qF "@$child" <<<"$info" || { echo "RepoDigests lack $child"; return 1; }
+    [[ -z $layers || $info == *" $layers" ]] || { echo "expected $layers layers"; return 1; }
+    if [[ -n $path ]]; then # the pull must have gone through the proxy under this path
+        since "$PT_LOG" "$before" | grep -F "path=$path" | grep 'status=200' >/dev/null ||
+            { echo "no '$path' request in the pullthrough log"; return 1; }
+    fi
+}
+
+# containerd: a private daemon per round (own root, state, socket; nothing else enabled).
+ctd_start() {
+    CTD=$WORK/ctd-$1
+    mkdir -p "$CTD"
+    cat >"$CTD/config.toml" <<EOF
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "$CTD/containerd.sock"
+[ttrpc]
+  address = "$CTD/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTD/opt"
+EOF
+    start_bg "containerd ($1)" "$CTD/containerd.log" containerd --config "$CTD/config.toml"
+    CTD_PID=$LAST_PID
+    local i
+    for i in $(seq 100); do
+        kill -0 "$CTD_PID" 2>/dev/null || { tail -n 20 "$CTD/containerd.log" >&2; return 1; }
+        ctr --address "$CTD/containerd.sock" version >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "containerd did not come up" >&2
+    return 1
+}
+ctd_stop() {
+    stop_pid "$CTD_PID"
+    CTD_PID=""
+}
+c() { timeout "$CLIENT_TIMEOUT" ctr --address "$CTD/containerd.sock" -n e2e "$@"; }
+
+ctr_digest_is() { # REF DIGEST
+    local got
+    got=$(c images ls | awk -v r="$1" '$1 == r {print $3}')
+    echo "containerd has $1 at $got"
+    [[ $got == "$2" ]]
+}
+
+ctr_plain_check() { # REPO:TAG DIGEST [CTR_PULL_ARGS...]
+    c images pull --plain-http --snapshotter native "${@:3}" "$PROXY/$1"
+    ctr_digest_is "$PROXY/$1" "$2"
+}
+
+no_panics() {
+    ! grep -nE 'panicked|RUST_BACKTRACE' "$PT_LOG"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2c. Client authentication (tests/e2e/auth.sh)
+# ---------------------------------------------------------------------------------------------
+
+if want auth; then
+    auth_section
+fi
+if ! want clients; then
+    finish
+    exit
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. Upstream registries and the token server
+# ---------------------------------------------------------------------------------------------
+
+STAGE="starting the upstream registries"
+read -r P_UP P_SEC P_TOK P_PROXY P_DEAD P_S3 < <(free_ports 6)
+UP=127.0.0.1:$P_UP
+SEC=127.0.0.1:$P_SEC
+PROXY=127.0.0.1:$P_PROXY
+UP_LOG=$WORK/upstream.log
+SEC_LOG=$WORK/upstream-secure.log
+TOK_LOG=$WORK/token-server.log
+PT_LOG=$WORK/pullthrough.log
+touch "$UP_LOG" "$SEC_LOG" "$TOK_LOG" "$PT_LOG"
+
+# For skopeo and podman: plain HTTP to the proxy; docker.io mirrored by the proxy (README).
+cat >"$WORK/registries.conf" <<EOF
+unqualified-search-registries = []
+
+[[registry]]
+location = "$PROXY"
+insecure = true
+
+[[registry]]
+location = "$UP"
+insecure = true
+
+[[registry]]
+location = "$SEC"
+insecure = true
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+[[registry.mirror]]
+location = "$PROXY/docker.io"
+insecure = true
+EOF
+export CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf
+
+registry_config "$WORK/upstream.yml" "$P_UP" "$WORK/upstream-data"
+start_upstream() {
+    start_bg "upstream registry on $UP" "$UP_LOG" docker-registry serve "$WORK/upstream.yml"
+    UP_PID=$LAST_PID
+    wait_http "http://$UP/v2/" "$UP_PID" "upstream registry"
+}
+start_upstream
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$TOKEN_ISSUER" \
+    -keyout "$WORK/token-key.pem" -out "$WORK/token-cert.pem" 2>/dev/null
+registry_config "$WORK/upstream-secure.yml" "$P_SEC" "$WORK/upstream-secure-data" "auth:
+  token:
+    realm: http://127.0.0.1:$P_TOK/token
+    service: $TOKEN_SERVICE
+    issuer: $TOKEN_ISSUER
+    rootcertbundle: $WORK/token-cert.pem"
+start_bg "token server on 127.0.0.1:$P_TOK" "$TOK_LOG" python3 "$E2E_DIR/token_server.py" \
+    --listen "127.0.0.1:$P_TOK" --key "$WORK/token-key.pem" --cert "$WORK/token-cert.pem" \
+    --issuer "$TOKEN_ISSUER" --service "$TOKEN_SERVICE" --user "$TOKEN_USER" --password "$TOKEN_PASSWORD"
+TOK_PID=$LAST_PID
+start_bg "token-auth registry on $SEC" "$SEC_LOG" docker-registry serve "$WORK/upstream-secure.yml"
+SEC_PID=$LAST_PID
+
+wait_http "http://127.0.0.1:$P_TOK/token" "$TOK_PID" "token server"
+wait_http "http://$SEC/v2/" "$SEC_PID" "token-auth registry"
+log "upstreams ready ($(elapsed))"
+
+# Reference bytes: what the upstreams serve, fetched once here (before any proxy exists, so the
+# warm rounds' upstream access logs contain only the proxy's requests).
+REFS=$WORK/refs
+mkdir -p "$REFS"
+INSPECT_TABLE=$WORK/inspect-table # key|upstream reference|proxy reference|creds
 
 add_inspect() { # KEY UPSTREAM_REF PROXY_REF: once per proxy reference
     grep -qF "|$3|" "$INSPECT_TABLE" || echo "$1|$2|$3|${4:-}" >>"$INSPECT_TABLE"
@@ -534,105 +679,10 @@ stop_proxy() {
 # 5. Checks through the proxy
 # ---------------------------------------------------------------------------------------------
 
-lines() { wc -l <"$1"; }
-since() { tail -n "+$(($2 + 1))" "$1"; } # since FILE LINECOUNT
 # distribution's access log (combined format): "GET /v2/<name>/manifests/<ref> HTTP/1.1" ...
 MANIFEST_GET='"GET /v2/[^ ]+/manifests/[^ ]+ HTTP/'
 MANIFEST_HEAD='"HEAD /v2/[^ ]+/manifests/[^ ]+ HTTP/'
 ANY_V2='"[A-Z]+ /v2/[^ ]* HTTP/'
-count() { grep -cE "$1" || true; } # count REGEX < input
-
-inspect_check() { # KEY PROXY_REF
-    local key=$1 ref=$2
-    sk inspect --raw --tls-verify=false "docker://$PROXY/$ref" >"$CUR_OUT"
-    cmp "$REFS/$key" "$CUR_OUT"
-    echo "identical: $(wc -c <"$CUR_OUT") bytes, sha256:$(sha256sum <"$CUR_OUT" | cut -c1-12)"
-}
-
-copy_check() { # PROXY_REF EXPECTED_DIGEST
-    local dest=$CUR_OUT.dir
-    rm -rf "$dest"
-    sk copy --all --preserve-digests --src-tls-verify=false "docker://$PROXY/$1" "dir:$dest"
-    python3 "$E2E_DIR/verify_dir.py" "$dest" "$2"
-    rm -rf "$dest"
-}
-
-# podman, with its own storage per round (vfs), events to a file, no systemd, no CNI writes.
-pod() {
-    mkdir -p "$POD/tmp"
-    TMPDIR=$POD/tmp timeout "$CLIENT_TIMEOUT" podman --root "$POD/root" --runroot "$POD_RUN" --storage-driver vfs \
-        --events-backend file --cgroup-manager cgroupfs --tmpdir "$POD/libpod" \
-        --network-config-dir "$POD/net" "$@"
-}
-
-podman_check() { # REF EXPECTED_DIGEST EXPECTED_CHILD EXPECTED_CONFIG [LAYERS] [PROXY_PATH]
-    local ref=$1 digest=$2 child=$3 config=$4 layers=${5:-} path=${6:-} before info
-    before=$(lines "$PT_LOG")
-    pod pull --signature-policy "$WORK/policy.json" "$ref"
-    info=$(pod image inspect --format '{{.Digest}} {{.Id}} {{.RepoDigests}} {{len .RootFS.Layers}}' "$ref")
-    echo "podman reports: $info"
-    read -r got_digest got_id _ <<<"$info"
-    [[ $got_digest == "$digest" ]] || { echo "digest $got_digest != $digest (upstream)"; return 1; }
-    [[ sha256:$got_id == "$config" ]] || { echo "image id $got_id != config $config"; return 1; }
-    grep -qF "@$child" <<<"$info" || { echo "RepoDigests lack $child"; return 1; }
-    [[ -z $layers || $info == *" $layers" ]] || { echo "expected $layers layers"; return 1; }
-    if [[ -n $path ]]; then # the pull must have gone through the proxy under this path
-        since "$PT_LOG" "$before" | grep -F "path=$path" | grep 'status=200' >/dev/null ||
-            { echo "no '$path' request in the pullthrough log"; return 1; }
-    fi
-}
-
-# containerd: a private daemon per round (own root, state, socket; nothing else enabled).
-ctd_start() {
-    CTD=$WORK/ctd-$1
-    mkdir -p "$CTD"
-    cat >"$CTD/config.toml" <<EOF
-version = 2
-root = "$CTD/root"
-state = "$CTD/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-[grpc]
-  address = "$CTD/containerd.sock"
-[ttrpc]
-  address = "$CTD/containerd.sock.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$CTD/opt"
-EOF
-    start_bg "containerd ($1)" "$CTD/containerd.log" containerd --config "$CTD/config.toml"
-    CTD_PID=$LAST_PID
-    local i
-    for i in $(seq 100); do
-        kill -0 "$CTD_PID" 2>/dev/null || { tail -n 20 "$CTD/containerd.log" >&2; return 1; }
-        ctr --address "$CTD/containerd.sock" version >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "containerd did not come up" >&2
-    return 1
-}
-ctd_stop() {
-    stop_pid "$CTD_PID"
-    CTD_PID=""
-}
-c() { timeout "$CLIENT_TIMEOUT" ctr --address "$CTD/containerd.sock" -n e2e "$@"; }
-
-ctr_digest_is() { # REF DIGEST
-    local got
-    got=$(c images ls | awk -v r="$1" '$1 == r {print $3}')
-    echo "containerd has $1 at $got"
-    [[ $got == "$2" ]]
-}
-
-ctr_plain_check() { # REPO:TAG DIGEST
-    c images pull --plain-http --snapshotter native "$PROXY/$1"
-    ctr_digest_is "$PROXY/$1" "$2"
-}
 
 # ctr_mirror_check NS REPO:TAG DIGEST: pulls NS/REPO:TAG with a hosts.toml that makes the proxy
 # the mirror of NS (the `server` is a closed port, so only the proxy can have answered);
@@ -999,10 +1049,6 @@ warm_store_calls() {
         tr -d '\r' | awk -F': ' 'tolower($1) == "x-pullthrough-store-calls" {print $2}')
     echo "x-pullthrough-store-calls: $n"
     [[ -n $n && $n -le 1 ]]
-}
-
-no_panics() {
-    ! grep -nE 'panicked|RUST_BACKTRACE' "$PT_LOG"
 }
 
 snapshot_logs() {

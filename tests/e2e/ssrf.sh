@@ -21,7 +21,7 @@
 # internal.ssrf.test -> 127.0.0.1, metadata.ssrf.test -> 169.254.169.254, cdn.ssrf.test ->
 # 34.1.2.4, mixed.ssrf.test -> 34.1.2.4 and 127.0.0.1.
 #
-# Uses from run.sh: check, log, WORK, BIN, start_bg, stop_pid (lib.sh).
+# Uses from run.sh: check, section_setup, log, WORK, BIN, start_bg, stop_pid (lib.sh).
 
 SSRF_NS=""               # the network namespace, while it exists
 SSRF_ETC_NETNS_MADE=0    # 1 when this run created /etc/netns
@@ -82,8 +82,8 @@ ssrf_teardown() {
     return 0
 }
 
-# ssrf_setup: namespace, hosts file, content, servers, pullthrough. Called in an `if` (where
-# errexit does not apply), so every step that can fail says so itself.
+# ssrf_setup: namespace, hosts file, content, servers, pullthrough. Run by section_setup (run.sh),
+# where errexit does not apply, so every step that can fail says so itself.
 ssrf_setup() {
     SSRF_DIR=$WORK/ssrf
     SSRF_STORE=$SSRF_DIR/store
@@ -363,13 +363,8 @@ ssrf_no_panics() { ! grep -nE 'panicked|RUST_BACKTRACE' "$SSRF_DIR/pullthrough.l
 
 ssrf_section() {
     local p="[ssrf]"
-    STAGE="ssrf: setup"
     log "$p network namespace with public-looking addresses ($(elapsed))"
-    if ! ssrf_setup >"$WORK/ssrf-setup.log" 2>&1; then
-        fail_now "$p setup (namespace, servers, pullthrough)" "$(tail -n 5 "$WORK/ssrf-setup.log")"
-        ssrf_teardown
-        return 0
-    fi
+    section_setup ssrf ssrf_setup ssrf_teardown "namespace, servers, pullthrough" || return 0
     sed 's/^/-- /' "$WORK/ssrf-setup.log" | grep -E '^-- (ssrf|started)' || true
     STAGE="ssrf: checks"
     check "$p setup: namespace has no way out; metadata, host names and upstream answer directly" \
