@@ -278,20 +278,28 @@ impl S3Store {
     }
 }
 
+/// The whole body of a GetObject answer for `k`.
+async fn collect_body(
+    k: &str,
+    out: aws_sdk_s3::operation::get_object::GetObjectOutput,
+) -> Result<Bytes, StoreError> {
+    let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+        key: k.to_owned(),
+        message: format!(
+            "S3 GetObject: reading the body: {}",
+            DisplayErrorContext(&e)
+        ),
+    })?;
+    Ok(body.into_bytes())
+}
+
 #[async_trait::async_trait]
 impl Store for S3Store {
     async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
         let Some((k, out)) = self.get_object(key).await? else {
             return Ok(None);
         };
-        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
-            key: k.clone(),
-            message: format!(
-                "S3 GetObject: reading the body: {}",
-                DisplayErrorContext(&e)
-            ),
-        })?;
-        Ok(Some(body.into_bytes()))
+        Ok(Some(collect_body(&k, out).await?))
     }
 
     async fn put(&self, key: &Key, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
@@ -431,31 +439,11 @@ impl Store for S3Store {
     }
 
     async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
-        let k = self.object_key(key);
-        tracing::debug!(op = "GetObject", key = %k, versioned = true);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&k)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Ok(None);
-            }
-            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        let Some((k, out)) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let e_tag = out.e_tag().unwrap_or_default().to_owned();
-        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
-            key: k.clone(),
-            message: format!(
-                "S3 GetObject: reading the body: {}",
-                DisplayErrorContext(&e)
-            ),
-        })?;
-        Ok(Some((body.into_bytes(), e_tag)))
+        Ok(Some((collect_body(&k, out).await?, e_tag)))
     }
 
     async fn put_if(
