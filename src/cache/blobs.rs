@@ -135,14 +135,10 @@ impl Registry {
     /// repository and the upstream must confirm this one holds them too. Concurrent requests
     /// share one confirmation (one upstream HEAD), keyed like the fill.
     async fn confirm_shared(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
-        let flight_key = format!("{}@{digest}", target.scoped_name());
+        let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let (target, digest) = (target.clone(), digest.clone());
         let (_, shared) = self.blob_flights.start(flight_key, move || async move {
-            // A fill that ended between our marker read and now has written it.
-            if let Some(m) = this.read_marker(&target, &digest).await? {
-                return Ok(m.size);
-            }
             this.confirm_with_upstream(&target, &digest).await
         });
         shared.await
@@ -150,11 +146,16 @@ impl Registry {
 
     /// The bytes are in the store (for another repository); the upstream confirms this
     /// repository holds them too before they are served under its name. Returns the size.
+    /// A marker found first (a fill for this repository wrote it since the caller looked) makes
+    /// the upstream request unnecessary.
     pub(super) async fn confirm_with_upstream(
         &self,
         target: &Target,
         digest: &Digest,
     ) -> Result<u64, Error> {
+        if let Some(m) = self.read_marker(target, digest).await? {
+            return Ok(m.size);
+        }
         let info = target
             .upstream
             .head_blob(&target.repo, digest)
@@ -216,7 +217,7 @@ impl Registry {
         digest: &Digest,
         tee: Option<Tee>,
     ) -> (bool, super::flight::SharedResult<u64>) {
-        let flight_key = format!("{}@{digest}", target.scoped_name());
+        let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();
@@ -248,10 +249,6 @@ impl Registry {
         if self.store.head(&key).await?.is_some() {
             if let Some(s) = start_tx {
                 let _ = s.send(FillStart::AlreadyStored);
-            }
-            // A fill for this repository that ended just before this one started wrote it.
-            if let Some(m) = self.read_marker(target, digest).await? {
-                return Ok(m.size);
             }
             return self.confirm_with_upstream(target, digest).await;
         }

@@ -269,14 +269,15 @@ impl Registry {
                 waiting = true;
             }
             if self.store.head(&blob_key).await?.is_some() {
-                if let Some(m) = self.read_marker(target, digest).await? {
-                    return Ok(m.size);
-                }
                 let same_repo =
                     other.upstream == target.alias() && other.repo == target.repo.as_str();
                 if !same_repo {
-                    // Copied for another repository: the upstream confirms this one holds it.
+                    // Copied for another repository: the upstream confirms this one holds it
+                    // (unless its marker is there already).
                     return self.confirm_with_upstream(target, digest).await;
+                }
+                if let Some(m) = self.read_marker(target, digest).await? {
+                    return Ok(m.size);
                 }
                 // Copied for this repository: its marker follows, then the lease is released.
             }

@@ -211,7 +211,7 @@ impl Registry {
         if let Some(a) = self.cached_manifest(target, digest).await? {
             return Ok(a);
         }
-        let flight_key = format!("{}@{digest}", target.scoped_name());
+        let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();

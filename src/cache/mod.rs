@@ -130,6 +130,12 @@ impl Target {
     pub fn scoped_name(&self) -> String {
         format!("{}/{}", self.alias(), self.repo)
     }
+
+    /// `<upstream>/<repo>@<digest>`: one digest in this repository, the key of its fill or fetch
+    /// flight and of its remembered blob marker.
+    pub fn scoped_digest(&self, digest: &Digest) -> String {
+        format!("{}@{digest}", self.scoped_name())
+    }
 }
 
 pub struct Registry {
@@ -326,7 +332,7 @@ impl Registry {
     /// A repository's marker for a digest. Blob markers never change once written, so they are
     /// also kept in memory: a warm blob then costs no store request before its redirect.
     async fn read_marker(&self, target: &Target, digest: &Digest) -> Result<Option<Marker>, Error> {
-        let remembered = format!("{}@{digest}", target.scoped_name());
+        let remembered = target.scoped_digest(digest);
         if let Some(size) = self.blob_markers.get(&remembered) {
             return Ok(Some(Marker::blob(size)));
         }
@@ -355,7 +361,7 @@ impl Registry {
         self.write_json(&key, marker).await?;
         if marker.media_type.is_none() {
             self.blob_markers
-                .insert(&format!("{}@{digest}", target.scoped_name()), marker.size);
+                .insert(&target.scoped_digest(digest), marker.size);
         }
         Ok(())
     }

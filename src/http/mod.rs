@@ -54,8 +54,6 @@ pub fn router(registry: Arc<Registry>, auth: Option<Arc<ClientAuth>>) -> Router 
 }
 
 /// With client auth on, lets through only requests with valid Basic credentials or one of our
-/// tokens; others get 401 and the challenge that starts the token flow.
-/// With client auth on, lets through only requests with valid Basic credentials or one of our
 /// tokens; others get 401 and the challenge that starts the token flow. A request without
 /// credentials is answered without looking at the users (so it never causes a secret read); one
 /// with credentials while no users can be read gets 503, never a pass.
