@@ -125,7 +125,8 @@ fn verify_reports_a_blob_whose_bytes_do_not_match_its_name() {
 
 /// The same crash over the S3 store: the real binary is killed while a multipart upload of a
 /// blob is under way. Nothing appears under `blobs/` (the unfinished upload stays until the
-/// bucket's lifecycle rule aborts it), a restarted process fills the blob afresh, and
+/// bucket's lifecycle rule aborts it), a restarted process takes the dead one's fill lease over
+/// once it expires and fills the blob afresh, and
 /// `pullthrough verify` over the bucket finds everything good, then flags a bad object.
 /// (Multi-threaded: the S3 server runs on this runtime while a thread waits for the child.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,8 +201,12 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         1,
         "the fill was not in progress when the process died"
     );
+    // The dead process's fill lease is left behind too (it can no longer release it).
+    let lease = format!("leases/blobs/{alg}/{hex}");
+    assert_eq!(s3.object_keys("leases/").await, vec![lease.clone()]);
 
-    // A new process: no lease or leftover blocks the refill.
+    // A new process waits for that lease to expire (60 s, the server-mode lease's validity: a
+    // live owner would have renewed it), takes it over and fills the blob afresh.
     let server = ServerProcess::start_with_env(&args, &env);
     let body = http
         .get(format!("{}/v2/team/app/blobs/{d}", server.url))
@@ -213,6 +218,7 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         .unwrap();
     assert_eq!(body.len(), data.len());
     assert_eq!(sha256(&body), d);
+    assert_eq!(s3.object_keys("leases/").await, Vec::<String>::new());
 
     let verify = |extra: &[(&str, &str)]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
