@@ -91,6 +91,31 @@ pub struct Config {
     /// Lambda mode: how long a blob miss is copied while the client waits, before the copy is
     /// handed to an asynchronous invocation (API Gateway gives up after 30 s).
     pub fill_deadline: Duration,
+    /// Server mode: where blob fills over S3 spill the bytes their clients stream from (the
+    /// `[spill]` table).
+    pub spill: SpillSettings,
+}
+
+/// The `[spill]` table: local disk between a cold blob's upstream and its readers (clients and
+/// the S3 upload) in server mode over S3. The filesystem store spills into its own temporary
+/// directory instead, and Lambda mode never streams blobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpillSettings {
+    /// The directory (created if missing; spill files of dead processes in it are removed at
+    /// start-up).
+    pub dir: PathBuf,
+    /// Bytes all spill files may hold together. A fill that would pass it is not streamed: it
+    /// is copied straight into S3 and its clients get the redirect afterwards.
+    pub max_bytes: u64,
+}
+
+impl Default for SpillSettings {
+    fn default() -> Self {
+        SpillSettings {
+            dir: std::env::temp_dir().join("pullthrough-spill"),
+            max_bytes: 16 * 1024 * MIB,
+        }
+    }
 }
 
 /// The `[s3]` table. Credentials are never configured here: they come from the standard AWS
@@ -115,12 +140,16 @@ pub struct S3Settings {
     /// Attempts per S3 request, first one included (SDK standard retry mode: exponential
     /// backoff with jitter; throttling such as 503 SlowDown and transient errors are retried).
     pub max_attempts: u32,
-    /// Server mode: the request that starts a blob fill is streamed the bytes as they arrive
-    /// (as with the filesystem store) instead of waiting for the whole upload and a 307; every
-    /// other request still gets the 307. Cold pulls of big layers then take one transfer
-    /// instead of two, at the price of those bytes passing through the proxy once. Ignored in
-    /// Lambda mode (responses there are at most 6 MB).
+    /// Server mode: every request for a blob being filled streams it from the fill's spill file
+    /// at its own pace (as with the filesystem store) instead of waiting for the upload and a
+    /// 307. Cold pulls of big layers then take one transfer instead of two, at the price of those
+    /// bytes passing through the proxy. On by default; off keeps blob bytes out of the proxy
+    /// (copy, then redirect). Ignored in Lambda mode (responses there are at most 6 MB).
     pub stream_misses: bool,
+    /// Server mode: stored blobs are streamed from S3 through the proxy instead of redirected
+    /// to a presigned URL, for clients that cannot reach the bucket. Off by default; ignored in
+    /// Lambda mode.
+    pub stream_hits: bool,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -134,7 +163,8 @@ impl Default for S3Settings {
             parts_in_flight: 4,
             part_size: 8 * MIB,
             max_attempts: 5,
-            stream_misses: false,
+            stream_misses: true,
+            stream_hits: false,
         }
     }
 }
@@ -207,6 +237,7 @@ struct FileConfig {
     #[serde(default)]
     upstream: Vec<FileUpstream>,
     s3: Option<FileS3>,
+    spill: Option<FileSpill>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +250,14 @@ struct FileS3 {
     part_size: Option<FileSize>,
     max_attempts: Option<u32>,
     stream_misses: Option<bool>,
+    stream_hits: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpill {
+    dir: Option<PathBuf>,
+    max_size: Option<FileSize>,
 }
 
 /// A size in the config file: a number of bytes, or a string such as `"16MiB"`.
@@ -486,6 +525,10 @@ impl Config {
                 Some(f) => s3_from_file(f)?,
                 None => S3Settings::default(),
             },
+            spill: match file.spill {
+                Some(f) => spill_from_file(f)?,
+                None => SpillSettings::default(),
+            },
         })
     }
 
@@ -733,7 +776,27 @@ fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
         part_size,
         max_attempts,
         stream_misses: f.stream_misses.unwrap_or(defaults.stream_misses),
+        stream_hits: f.stream_hits.unwrap_or(defaults.stream_hits),
     })
+}
+
+fn spill_from_file(f: FileSpill) -> Result<SpillSettings, ConfigError> {
+    let defaults = SpillSettings::default();
+    let dir = match f.dir {
+        Some(d) if d.as_os_str().is_empty() => {
+            return Err(err("[spill] dir: must name a directory"));
+        }
+        Some(d) => d,
+        None => defaults.dir,
+    };
+    let max_bytes = match f.max_size {
+        None => defaults.max_bytes,
+        Some(FileSize::Bytes(n)) => n,
+        Some(FileSize::Text(t)) => {
+            parse_size(&t).map_err(|e| err(format!("[spill] max_size: {e}")))?
+        }
+    };
+    Ok(SpillSettings { dir, max_bytes })
 }
 
 /// Parses `1048576`, `512KiB`, `16MiB` or `1GiB` (binary units).
@@ -987,6 +1050,9 @@ mod tests {
         assert_eq!(c.s3.endpoint, None);
         assert_eq!(c.s3.force_path_style, None);
         assert_eq!(c.s3.region, None);
+        assert!(c.s3.stream_misses, "cold blobs stream by default");
+        assert!(!c.s3.stream_hits);
+        assert_eq!(c.spill, SpillSettings::default());
     }
 
     #[test]
@@ -1000,7 +1066,12 @@ region = "eu-west-1"
 parts_in_flight = 2
 part_size = "16MiB"
 max_attempts = 3
-stream_misses = true
+stream_misses = false
+stream_hits = true
+
+[spill]
+dir = "/var/cache/pullthrough-spill"
+max_size = "2GiB"
 "#;
         let c = Config::from_toml(&Settings::default(), toml).unwrap();
         assert_eq!(
@@ -1019,7 +1090,15 @@ stream_misses = true
                 parts_in_flight: 2,
                 part_size: 16 * MIB,
                 max_attempts: 3,
-                stream_misses: true,
+                stream_misses: false,
+                stream_hits: true,
+            }
+        );
+        assert_eq!(
+            c.spill,
+            SpillSettings {
+                dir: "/var/cache/pullthrough-spill".into(),
+                max_bytes: 2048 * MIB,
             }
         );
         let c = Config::from_toml(&Settings::default(), "[s3]\npart_size = 6291456\n").unwrap();

@@ -7,6 +7,8 @@
 //!   verification, single-flight); the only place that decides hit, miss or revalidate.
 //! - [`upstream`]: the registry client (token auth, redirects, timeouts), one per upstream.
 //! - [`store`]: the store trait, the key scheme, the filesystem store and the S3 store.
+//! - [`spill`]: spill files, where a blob fill's bytes wait on local disk for every reader
+//!   (clients, the S3 upload), each at its own pace.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
 //! - [`access`]: client authentication (htpasswd users from a file or a Secrets Manager secret,
 //!   our own tokens) and per-upstream repository allow-lists.
@@ -27,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod lambda;
 pub mod oci;
+pub mod spill;
 pub mod store;
 pub mod upstream;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! Blobs through the proxy with the filesystem store: streamed, verified, published whole or not
-//! at all, one upstream fetch per digest, scoped per repository.
+//! at all, one upstream fetch per digest, scoped per repository. The fan-out tests at the end run
+//! on both stores: every request during a fill streams from its spill file at its own pace.
 
 mod common;
 
@@ -319,4 +320,321 @@ async fn a_client_leaving_mid_blob_does_not_abort_the_fill() {
         "the fill went on without its client"
     );
     assert!(proxy.has_blob(&d));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out fills, on both stores: a fill never waits for its slowest party.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Fs,
+    S3,
+}
+
+const KINDS: [Kind; 2] = [Kind::Fs, Kind::S3];
+
+/// A proxy of `kind` in front of `up`; over S3 its fills spill into `spill` (the filesystem store
+/// spills into its own temporary directory).
+async fn proxy_for(kind: Kind, up: &FakeRegistry, spill: &std::path::Path) -> Proxy {
+    match kind {
+        Kind::Fs => Proxy::start(up).await,
+        Kind::S3 => {
+            let server = S3Server::start().await;
+            let toml = format!(
+                "{}{}\n[spill]\ndir = \"{}\"\n",
+                local_config(&up.url()),
+                server.config_table(""),
+                spill.display()
+            );
+            Proxy::with_s3_config(&toml, server).await
+        }
+    }
+}
+
+/// Whether `digest` is published in the proxy's store.
+async fn published(proxy: &Proxy, kind: Kind, digest: &str) -> bool {
+    match kind {
+        Kind::Fs => proxy.has_blob(digest),
+        Kind::S3 => {
+            let (alg, hex) = digest.split_once(':').unwrap();
+            proxy
+                .s3()
+                .blob_keys("")
+                .await
+                .contains(&format!("blobs/{alg}/{hex}"))
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after `limit`.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A blob GET's whole body; a 307 (a blob stored by now, over S3) is followed.
+async fn whole_blob(proxy: &Proxy, path: &str) -> Bytes {
+    let resp = proxy.get(path, None).await;
+    let resp = if resp.status() == 307 {
+        let location = header(&resp, "location").unwrap().to_owned();
+        proxy
+            .s3()
+            .plain_client()
+            .get(location)
+            .send()
+            .await
+            .unwrap()
+    } else {
+        resp
+    };
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap()
+}
+
+/// Reads a response's body chunk by chunk: the bytes received and whether it ended cleanly.
+async fn drain(mut resp: reqwest::Response) -> (usize, bool) {
+    let mut got = 0;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// A client that reads 64 KiB of a cold 64 MiB blob and then stops reading holds only its own
+/// connection: a second client gets the exact bytes, and the fill (with S3, the upload too)
+/// completes while the first one still stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_holds_up_no_one() {
+    for kind in KINDS {
+        let up = FakeRegistry::start(FakeOptions::default()).await;
+        let data = blob_bytes(40, 64 * 1024 * 1024);
+        let d = up.put_blob("team/app", data.clone());
+        let spill = tempfile::tempdir().unwrap();
+        let proxy = proxy_for(kind, &up, spill.path()).await;
+        let path = format!("/v2/team/app/blobs/{d}");
+
+        let mut stalled = proxy.get(&path, None).await;
+        assert_eq!(stalled.status(), 200, "{kind:?}");
+        let mut read = 0;
+        while read < 64 * 1024 {
+            read += stalled.chunk().await.unwrap().expect("bytes").len();
+        }
+        let second = tokio::time::timeout(Duration::from_secs(30), whole_blob(&proxy, &path))
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: the second client waited for the stalled one"));
+        assert_eq!(second.len(), data.len(), "{kind:?}");
+        assert_eq!(sha256(&second), d, "{kind:?}");
+        eventually(
+            "the blob is published while a client stalls",
+            Duration::from_secs(30),
+            || published(&proxy, kind, &d),
+        )
+        .await;
+        assert_eq!(up.count_authorized("GET", "/blobs/"), 1, "{kind:?}");
+        // The stalled client is still connected, and its bytes are still there for it.
+        assert!(stalled.chunk().await.unwrap().is_some(), "{kind:?}");
+        drop(stalled);
+        if kind == Kind::S3 {
+            eventually(
+                "the spill file goes with its last reader",
+                Duration::from_secs(10),
+                || async { files_under(spill.path()).is_empty() },
+            )
+            .await;
+        }
+    }
+}
+
+/// A client reading at 256 KiB/s and a fast client on one cold blob: the fast one is done while
+/// the slow one has read a fraction (it would need 32 s for the whole blob).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_does_not_slow_a_fast_one() {
+    for kind in KINDS {
+        let up = FakeRegistry::start(FakeOptions::default()).await;
+        let data = blob_bytes(41, 8 * 1024 * 1024);
+        let d = up.put_blob("team/app", data.clone());
+        let spill = tempfile::tempdir().unwrap();
+        let proxy = proxy_for(kind, &up, spill.path()).await;
+        let path = format!("/v2/team/app/blobs/{d}");
+
+        let mut slow = proxy.get(&path, None).await;
+        assert_eq!(slow.status(), 200, "{kind:?}");
+        let slow_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reader = tokio::spawn({
+            let slow_read = Arc::clone(&slow_read);
+            async move {
+                // Paced at 256 KiB/s: the pause is the pace, not a synchronisation.
+                while let Ok(Some(c)) = slow.chunk().await {
+                    slow_read.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs_f64(c.len() as f64 / 262_144.0)).await;
+                }
+            }
+        });
+        let fast = tokio::time::timeout(Duration::from_secs(20), whole_blob(&proxy, &path))
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: the fast client went at the slow one's pace"));
+        assert_eq!(sha256(&fast), d, "{kind:?}");
+        let slow_had = slow_read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            slow_had < data.len() / 2,
+            "{kind:?}: the slow client had read {slow_had} bytes when the fast one was done"
+        );
+        reader.abort();
+        assert_eq!(up.count_authorized("GET", "/blobs/"), 1, "{kind:?}");
+    }
+}
+
+/// Eight concurrent requests during one cold fill, some with a `Range`: all stream from the
+/// fill's spill file while the upstream is still sending. With the upstream held halfway, the
+/// whole-blob clients already receive bytes and the ranges in the first half are answered in
+/// full; once it goes on, everyone gets exact bytes, from one upstream GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_during_a_fill_streams_from_it() {
+    for kind in KINDS {
+        let up = FakeRegistry::start(FakeOptions::default()).await;
+        let len = 6 * 1024 * 1024;
+        let data = blob_bytes(42, len);
+        let d = up.put_blob("team/app", data.clone());
+        let spill = tempfile::tempdir().unwrap();
+        let proxy = Arc::new(proxy_for(kind, &up, spill.path()).await);
+        up.add_fault(
+            FaultRule::new(Fault::Hold { at: len / 2 })
+                .method("GET")
+                .path("/blobs/"),
+        );
+        let path = format!("/v2/team/app/blobs/{d}");
+        let get = |range: Option<String>| {
+            let (proxy, path) = (Arc::clone(&proxy), path.clone());
+            async move {
+                let mut req = proxy.http.get(format!("{}{path}", proxy.url));
+                if let Some(r) = range {
+                    req = req.header("range", r);
+                }
+                req.send().await.unwrap()
+            }
+        };
+
+        // Five whole-blob clients: each receives its first bytes while the upstream holds.
+        let mut whole = Vec::new();
+        for _ in 0..5 {
+            let mut resp = get(None).await;
+            assert_eq!(resp.status(), 200, "{kind:?}");
+            assert_eq!(
+                header(&resp, "content-length"),
+                Some(len.to_string().as_str())
+            );
+            let first = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("{kind:?}: a joiner waited for the whole fill"))
+                .unwrap()
+                .expect("bytes");
+            whole.push((resp, first));
+        }
+        // Ranges within the written half are answered in full, the upstream still holding.
+        for (first, last) in [
+            (0usize, 9usize),
+            (1000, 200_999),
+            (len / 2 - 100, len / 2 - 1),
+        ] {
+            let resp = get(Some(format!("bytes={first}-{last}"))).await;
+            assert_eq!(resp.status(), 206, "{kind:?}");
+            assert_eq!(
+                header(&resp, "content-range"),
+                Some(format!("bytes {first}-{last}/{len}").as_str())
+            );
+            let body = tokio::time::timeout(Duration::from_secs(20), resp.bytes())
+                .await
+                .unwrap_or_else(|_| panic!("{kind:?}: a written range waited for the fill"))
+                .unwrap();
+            assert_eq!(body, data.slice(first..=last), "{kind:?}");
+        }
+        // A range past the written part is answered once it is written; an unsatisfiable one
+        // at once.
+        let tail = get(Some("bytes=-1000".into())).await;
+        assert_eq!(tail.status(), 206, "{kind:?}");
+        let outside = get(Some(format!("bytes={len}-"))).await;
+        assert_eq!(outside.status(), 416, "{kind:?}");
+        assert!(!published(&proxy, kind, &d).await, "{kind:?}");
+
+        up.release_held();
+        assert_eq!(
+            tail.bytes().await.unwrap(),
+            data.slice(len - 1000..),
+            "{kind:?}"
+        );
+        for (resp, first) in whole {
+            let mut body = first.to_vec();
+            body.extend_from_slice(&resp.bytes().await.unwrap());
+            assert_eq!(sha256(&body), d, "{kind:?}");
+        }
+        assert_eq!(up.count_authorized("GET", "/blobs/"), 1, "{kind:?}");
+        eventually("the blob is published", Duration::from_secs(30), || {
+            published(&proxy, kind, &d)
+        })
+        .await;
+    }
+}
+
+/// Tampered upstream bytes: every client streaming the fill is cut off before the end, nothing
+/// is published, and no spill file, temporary file or multipart upload is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_fill_cuts_every_client_off_and_leaves_nothing() {
+    for kind in KINDS {
+        let up = FakeRegistry::start(FakeOptions::default()).await;
+        let len = 4 * 1024 * 1024;
+        let d = up.put_blob("team/app", blob_bytes(43, len));
+        let spill = tempfile::tempdir().unwrap();
+        let proxy = Arc::new(proxy_for(kind, &up, spill.path()).await);
+        up.add_fault(
+            FaultRule::new(Fault::TamperBody)
+                .method("GET")
+                .path("/blobs/"),
+        );
+        let path = format!("/v2/team/app/blobs/{d}");
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let (proxy, path) = (Arc::clone(&proxy), path.clone());
+            clients.push(tokio::spawn(async move {
+                let resp = proxy.get(&path, None).await;
+                if resp.status() != 200 {
+                    return (resp.status().as_u16(), 0, false);
+                }
+                let (got, clean) = drain(resp).await;
+                (200, got, clean)
+            }));
+        }
+        for c in clients {
+            let (status, got, clean) = c.await.unwrap();
+            assert!(
+                status != 200 || (!clean && got < len),
+                "{kind:?}: a client got {got} bytes and a clean end of a tampered blob"
+            );
+        }
+        assert!(!published(&proxy, kind, &d).await, "{kind:?}");
+        match kind {
+            Kind::Fs => assert_eq!(proxy.tmp_files(), Vec::<std::path::PathBuf>::new()),
+            Kind::S3 => {
+                assert_eq!(files_under(spill.path()), Vec::<std::path::PathBuf>::new());
+                assert_eq!(proxy.s3().multipart_uploads().await, vec![]);
+                assert_eq!(proxy.s3().object_keys("").await, Vec::<String>::new());
+            }
+        }
+        // The next request starts a clean fill.
+        up.clear_faults();
+        assert_eq!(sha256(&whole_blob(&proxy, &path).await), d, "{kind:?}");
+    }
 }

@@ -138,12 +138,14 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pullthrough.toml");
+    let spill_dir = dir.path().join("spill");
     std::fs::write(
         &config,
         format!(
-            "{}{}",
+            "{}{}\n[spill]\ndir = \"{}\"\n",
             local_config(&up.url()),
-            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1")
+            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1"),
+            spill_dir.display()
         ),
     )
     .unwrap();
@@ -169,14 +171,14 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         .unwrap();
     assert_eq!(sha256(&ok.bytes().await.unwrap()), small);
 
-    // The client of a cold blob over S3 waits for the whole upload; kill the process once the
-    // first part is stored.
+    // The client of a cold blob over S3 streams it from the fill's spill file while the
+    // upload runs; kill the process once the first part is stored.
     let pending = tokio::spawn({
         let (http, url) = (
             http.clone(),
             format!("{}/v2/team/app/blobs/{d}", server.url),
         );
-        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+        async move { http.get(url).send().await?.bytes().await }
     });
     s3.wait_for("a stored part", |calls| {
         calls
@@ -185,9 +187,15 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     })
     .await;
     server.kill();
-    assert!(
-        pending.await.unwrap().is_err(),
-        "the client got an answer from a process killed mid-fill"
+    // The client got the verified bytes (released once the digest matched, before the upload
+    // ended) or was cut off: never anything else.
+    if let Ok(body) = pending.await.unwrap() {
+        assert_eq!(sha256(&body), d, "a client got wrong bytes");
+    }
+    assert_eq!(
+        files_under(&spill_dir).len(),
+        1,
+        "the dead process's spill file is left behind"
     );
     let (alg, hex) = d.split_once(':').unwrap();
     assert!(
@@ -208,6 +216,10 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     // A new process waits for that lease to expire (60 s, the server-mode lease's validity: a
     // live owner would have renewed it), takes it over and fills the blob afresh.
     let server = ServerProcess::start_with_env(&args, &env);
+    assert!(
+        files_under(&spill_dir).is_empty(),
+        "a new process removes the spill files of dead ones at start-up"
+    );
     let body = http
         .get(format!("{}/v2/team/app/blobs/{d}", server.url))
         .send()

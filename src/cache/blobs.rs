@@ -2,54 +2,83 @@
 //! from the upstream once (concurrent misses share the fill), verified while streaming, and
 //! published only when digest and length match.
 //!
-//! With a store that serves bytes itself (the filesystem), the request that starts a fill is
-//! answered while the bytes arrive (a tee: each verified chunk goes to the store and to that
-//! client), so a multi-GiB layer does not keep its first client waiting in silence; requests that
-//! join a fill wait for it and are then served from the store. If the bytes turn out wrong at the
-//! end, the streaming client's body is cut off (clients verify digests; the cut makes them retry)
-//! and nothing is stored. With a store that redirects (S3), blob bytes never pass through the
-//! proxy by default: every request waits for the fill and then gets the redirect. With
-//! `[s3] stream_misses` (server mode only) the request that starts a fill is streamed as with
-//! the filesystem store, and all others get the redirect.
+//! **A fill never waits for its slowest party.** In server mode a fill copies the upstream's
+//! bytes, hashing them, into a spill file ([`crate::spill`]) at the upstream's pace: the
+//! filesystem store's own temporary file (adopted as the object when verified), or a file in the
+//! bounded spill directory for S3 (which the multipart upload reads behind the writer). Every
+//! request for the blob during the fill, the one that started it and every joiner, with or
+//! without a `Range`, streams from that file at its own pace; a stalled client holds only its
+//! own connection. A client gets the blob's last byte only once the bytes are verified (and, for
+//! the filesystem store, stored and marked); on a mismatch every client is cut off and nothing
+//! is published.
+//!
+//! Not streamed, but copied and then served from the store (a redirect with S3): Lambda mode, S3
+//! with `[s3] stream_misses = false`, a blob of unknown length over S3, a full spill directory,
+//! and a fill that finds another instance copying the blob (the lease).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 
 use super::{Marker, Registry, Target};
 use crate::error::{Code, Error, Wanted};
 use crate::oci::{Digest, FillError, VerifyingStream};
+use crate::spill::{Audience, Reservation, Spill, SpillError};
 use crate::store::{BlobRead, RangeRequest, keys};
 
 /// How a blob GET is answered.
 pub enum BlobAnswer {
-    /// From the store (a stream or a redirect).
+    /// From the store (a stream or a redirect), or from a fill's spill file with a known length.
     Stored(BlobRead),
-    /// Straight from the upstream while it is being stored (the request that started the fill).
+    /// From a fill's spill file, the upstream having announced no length.
     Passthrough {
         len: Option<u64>,
         body: BoxStream<'static, std::io::Result<Bytes>>,
     },
 }
 
-/// What the fill task tells the request that started it, once the upstream has answered.
-pub(super) enum FillStart {
-    Streaming(Option<u64>),
-    /// Not streamed: stored already, or copied by another instance; answer from the store.
-    AlreadyStored,
+/// What the requests of a streamed fill learn once the upstream has answered.
+#[derive(Clone)]
+pub(super) enum FillStage {
+    /// The upstream has not answered yet.
+    Pending,
+    /// Stream from this spill file.
+    Spilled(Arc<Spill>),
+    /// Not streamed (stored already, copied by another instance, no room to spill): wait for
+    /// the fill's result and read from the store.
+    NotStreamed,
 }
 
-/// The request that starts a streamed fill: told when the upstream answered, sent every chunk.
-pub(super) type Tee = (
-    oneshot::Sender<FillStart>,
-    mpsc::Sender<std::io::Result<Bytes>>,
-);
+/// The fill's side of a [`FillStage`]: dropped without a word, it tells the waiting requests
+/// that the fill ended (they then take its result).
+pub(super) type StageTx = watch::Sender<FillStage>;
 
-/// Chunks buffered between the fill and a slow streaming client; the fill then waits for it.
-const TEE_BUFFER: usize = 8;
+/// Where a fill spills.
+enum SpillPlace {
+    /// The store's own temporary file, adopted as the object when verified (filesystem).
+    Adopt(std::path::PathBuf),
+    /// A file in the spill directory, uploaded behind the writer (S3).
+    Upload(std::path::PathBuf, Reservation),
+}
+
+/// Removes a streamed fill's stage from the registry when the fill ends, however it ends.
+struct StageEntry {
+    registry: Arc<Registry>,
+    key: String,
+}
+
+impl Drop for StageEntry {
+    fn drop(&mut self) {
+        self.registry
+            .fill_stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
 
 impl Registry {
     /// How the client gets the blob's bytes (a redirect or a stream), filling it first if needed.
@@ -62,7 +91,7 @@ impl Registry {
         let key = keys::blob(digest);
         // A marker is written only after its object, so with a marker one store request suffices.
         if self.read_marker(target, digest).await?.is_some()
-            && let Some(read) = self.store.read(&key, range).await?
+            && let Some(read) = self.read_stored(&key, range).await?
         {
             return Ok(BlobAnswer::Stored(read));
         }
@@ -72,10 +101,8 @@ impl Registry {
             && self.store.serves_by_redirect()
         {
             return self.fill_within_deadline(target, digest, policy).await;
-        } else if range.is_none()
-            && (!self.store.serves_by_redirect() || self.config.s3.stream_misses)
-        {
-            if let Some(answer) = self.fill_streaming(target, digest).await? {
+        } else if self.streams_misses() {
+            if let Some(answer) = self.fill_streaming(target, digest, range).await? {
                 return Ok(answer);
             }
         } else {
@@ -84,14 +111,36 @@ impl Registry {
         self.stored(&key, range, digest).await
     }
 
+    /// Whether requests for a blob being filled stream it from the fill's spill file: always
+    /// with a store that streams (filesystem); over S3 in server mode unless
+    /// `[s3] stream_misses = false`.
+    fn streams_misses(&self) -> bool {
+        !self.store.serves_by_redirect()
+            || (self.fill_policy.is_none() && self.config.s3.stream_misses)
+    }
+
+    /// A stored blob: redirected to the store (S3), or with `[s3] stream_hits` in server mode,
+    /// streamed from it.
+    async fn read_stored(
+        &self,
+        key: &crate::store::Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, Error> {
+        let read = if self.fill_policy.is_none() && self.config.s3.stream_hits {
+            self.store.read_through(key, range).await?
+        } else {
+            self.store.read(key, range).await?
+        };
+        Ok(read)
+    }
+
     pub(super) async fn stored(
         &self,
         key: &crate::store::Key,
         range: Option<RangeRequest>,
         digest: &Digest,
     ) -> Result<BlobAnswer, Error> {
-        self.store
-            .read(key, range)
+        self.read_stored(key, range)
             .await?
             .map(BlobAnswer::Stored)
             .ok_or_else(|| {
@@ -174,81 +223,125 @@ impl Registry {
     /// repository and digest share one upstream GET. The copy runs in its own task: a client
     /// that disconnects does not abort it for the others.
     async fn fill(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
-        let (_, shared) = self.start_fill(target, digest, None);
+        let (_, shared) = self.start_fill(target, digest, false);
         shared.await
     }
 
-    /// Starts or joins a fill. The request that starts it gets the bytes as they arrive
-    /// (`Some`); one that joins waits for the fill to finish (`None`: read from the store).
+    /// Starts or joins a streamed fill and answers from its spill file once the upstream has
+    /// answered; `None` when the fill is not streamed (the caller reads the store then).
     async fn fill_streaming(
         &self,
         target: &Target,
         digest: &Digest,
+        range: Option<RangeRequest>,
     ) -> Result<Option<BlobAnswer>, Error> {
-        let (start_tx, start_rx) = oneshot::channel();
-        let (chunk_tx, chunk_rx) = mpsc::channel(TEE_BUFFER);
-        let (leader, shared) = self.start_fill(target, digest, Some((start_tx, chunk_tx)));
-        if !leader {
-            shared.await?;
-            return Ok(None);
-        }
-        match start_rx.await {
-            Ok(FillStart::Streaming(len)) => {
-                let body = tokio_stream_from(chunk_rx);
-                Ok(Some(BlobAnswer::Passthrough { len, body }))
+        let (_, shared) = self.start_fill(target, digest, true);
+        let stage = self
+            .fill_stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&target.scoped_digest(digest))
+            .cloned();
+        let spill = match stage {
+            // A fill that is not streamed (a HEAD confirmation, a copy for Lambda) or one that
+            // just ended.
+            None => None,
+            Some(mut stage) => match stage.wait_for(|s| !matches!(s, FillStage::Pending)).await {
+                Ok(s) => match &*s {
+                    FillStage::Spilled(spill) => Some(Arc::clone(spill)),
+                    _ => None,
+                },
+                // The fill ended before the upstream answered: its result says how.
+                Err(_) => None,
+            },
+        };
+        if let Some(spill) = spill {
+            match (spill.len(), range) {
+                (Some(total), None) => {
+                    return Ok(Some(BlobAnswer::Stored(BlobRead::Stream {
+                        total,
+                        range: None,
+                        body: spill.reader(None, Audience::Client),
+                    })));
+                }
+                (Some(total), Some(r)) => {
+                    let read = match r.resolve(total) {
+                        None => BlobRead::Unsatisfiable { total },
+                        Some(r) => BlobRead::Stream {
+                            total,
+                            range: Some(r),
+                            body: spill.reader(Some((r.first, r.last)), Audience::Client),
+                        },
+                    };
+                    return Ok(Some(BlobAnswer::Stored(read)));
+                }
+                (None, None) => {
+                    return Ok(Some(BlobAnswer::Passthrough {
+                        len: None,
+                        body: spill.reader(None, Audience::Client),
+                    }));
+                }
+                // A range of a blob of unknown length is answered once it is stored.
+                (None, Some(_)) => {}
             }
-            // Stored by another repository's fill meanwhile, being copied by another instance
-            // (its lease is held: this fill waits for it), or the fill failed before a byte
-            // arrived: the shared result says which.
-            Ok(FillStart::AlreadyStored) | Err(_) => {
-                shared.await?;
-                Ok(None)
-            }
         }
+        shared.await?;
+        Ok(None)
     }
 
-    /// Copies a blob from the upstream into the store. Concurrent callers for the same
-    /// repository and digest share one upstream GET. The copy runs in its own task: a client
-    /// that disconnects does not abort it for the others. With `tee`, the starter is told when
-    /// the upstream answered and is sent every verified chunk as it is stored.
+    /// Starts a fill unless one for this repository and digest runs. The copy runs in its own
+    /// task: a client that disconnects does not abort it for the others. A `streamed` fill
+    /// publishes its stage (and so its spill file) for the requests that join it.
     fn start_fill(
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<Tee>,
+        streamed: bool,
     ) -> (bool, super::flight::SharedResult<u64>) {
         let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();
-        self.blob_flights.start(flight_key, move || async move {
-            if this.leases_server_fills() {
-                this.leased_copy(&target, &digest, tee).await
-            } else {
-                this.copy_blob(&target, &digest, tee, None).await
+        self.blob_flights.start(flight_key.clone(), move || {
+            // Registered before the flight is visible to others, so a joiner finds it.
+            let stage = streamed.then(|| {
+                let (tx, rx) = watch::channel(FillStage::Pending);
+                this.fill_stages
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(flight_key.clone(), rx);
+                tx
+            });
+            async move {
+                let _entry = stage.is_some().then(|| StageEntry {
+                    registry: Arc::clone(&this),
+                    key: flight_key,
+                });
+                if this.leases_server_fills() {
+                    this.leased_copy(&target, &digest, stage).await
+                } else {
+                    this.copy_blob(&target, &digest, stage, None).await
+                }
             }
         })
     }
 
-    /// The copy itself: upstream GET, verified while streamed into the store, then the marker.
-    /// With `tee`, the starter is told when the upstream answered and gets every verified chunk;
-    /// with `redirects`, a redirect of the upstream GET to another origin is recorded there.
+    /// The copy itself: upstream GET, verified while written into the store, then the marker.
+    /// With `stage`, the bytes go through a spill file that the fill's requests stream from
+    /// (when there is room); with `redirects`, a redirect of the upstream GET to another origin
+    /// is recorded there.
     pub(super) async fn copy_blob(
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<Tee>,
+        stage: Option<StageTx>,
         redirects: Option<&crate::upstream::RedirectSink>,
     ) -> Result<u64, Error> {
-        let (start_tx, chunk_tx) = match tee {
-            Some((s, c)) => (Some(s), Some(c)),
-            None => (None, None),
-        };
         let key = keys::blob(digest);
         // Another flight (another repository) may have finished it meanwhile.
         if self.store.head(&key).await?.is_some() {
-            if let Some(s) = start_tx {
-                let _ = s.send(FillStart::AlreadyStored);
+            if let Some(s) = stage {
+                s.send_replace(FillStage::NotStreamed);
             }
             return self.confirm_with_upstream(target, digest).await;
         }
@@ -257,83 +350,153 @@ impl Registry {
             .get_blob_observed(&target.repo, digest, redirects)
             .await
             .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
-        if let Some(s) = start_tx {
-            let _ = s.send(FillStart::Streaming(body.len));
-        }
-        let verified = VerifyingStream::new(body.stream, digest.clone(), body.len);
-        let held = Arc::new(Mutex::new(None));
-        let stream = tee_to(verified, chunk_tx.clone(), Arc::clone(&held));
-        let stored = async {
-            let size = self.store.put_stream(&key, body.len, stream).await?;
-            self.write_marker(target, digest, &Marker::blob(size))
-                .await?;
-            Ok::<u64, Error>(size)
-        }
-        .await;
-        // The streaming client's last chunk goes out only now: a client that received the
-        // whole body can count on the cache holding it.
-        if let Some(tx) = chunk_tx {
-            let last = held.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let _ = match (&stored, last) {
-                (Ok(_), Some(last)) => tx.send(Ok(last)).await,
-                (Ok(_), None) => Ok(()),
-                (Err(e), _) => tx.send(Err(std::io::Error::other(e.message.clone()))).await,
-            };
-        }
+        let len = body.len;
+        let verified = VerifyingStream::new(body.stream, digest.clone(), len);
+        let place = stage
+            .as_ref()
+            .and_then(|_| self.spill_place(target, digest, len));
+        let stored = match (stage, place) {
+            (Some(stage), Some(place)) => {
+                self.fill_through_spill(target, digest, len, verified, stage, place)
+                    .await
+            }
+            (stage, _) => {
+                if let Some(s) = stage {
+                    s.send_replace(FillStage::NotStreamed);
+                }
+                async {
+                    let size = self.store.put_stream(&key, len, verified.boxed()).await?;
+                    self.write_marker(target, digest, &Marker::blob(size))
+                        .await?;
+                    Ok::<u64, Error>(size)
+                }
+                .await
+            }
+        };
         let size = stored.inspect_err(|e| {
             tracing::warn!(repo = %target.scoped_name(), %digest, error = %e.message, "blob fill failed");
         })?;
         tracing::info!(repo = %target.scoped_name(), %digest, size, "blob filled");
         Ok(size)
     }
-}
 
-/// Passes a verified stream on to the store, copying each chunk to `tee` (if any) one chunk
-/// late: the newest chunk waits in `held`, so the final one is never sent here. The fill sends it
-/// once the blob is verified and stored, or sends an error instead. A tee whose client went away
-/// is dropped and the copy goes on at full speed.
-fn tee_to<S>(
-    verified: S,
-    tee: Option<mpsc::Sender<std::io::Result<Bytes>>>,
-    held: Arc<Mutex<Option<Bytes>>>,
-) -> crate::store::ByteStream
-where
-    S: futures_util::Stream<Item = Result<Bytes, FillError>> + Send + Unpin + 'static,
-{
-    if tee.is_none() {
-        return verified.boxed();
-    }
-    futures_util::stream::unfold((verified, tee), move |(mut s, mut tee)| {
-        let held = Arc::clone(&held);
-        async move {
-            let item = s.next().await?;
-            let to_send = match &item {
-                Ok(chunk) => held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .replace(chunk.clone())
-                    .map(Ok),
-                // The fill sends the error itself once the store has cleaned up (temporary file
-                // removed, multipart upload aborted): a client that sees the error and retries
-                // finds nothing half done.
-                Err(_) => {
-                    held.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    None
-                }
-            };
-            if let (Some(t), Some(msg)) = (&tee, to_send)
-                && t.send(msg).await.is_err()
-            {
-                tee = None;
-            }
-            Some((item, (s, tee)))
+    /// Where a streamed fill spills: the store's own temporary file if it can adopt one, else a
+    /// file in the spill directory when the blob's announced length fits; `None` (copy, then
+    /// serve from the store) otherwise.
+    fn spill_place(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        len: Option<u64>,
+    ) -> Option<SpillPlace> {
+        if let Some(path) = self.store.spill_path() {
+            return Some(SpillPlace::Adopt(path));
         }
-    })
-    .boxed()
+        let dir = self.spill_dir.as_ref()?;
+        let Some(len) = len else {
+            tracing::info!(repo = %target.scoped_name(), %digest, "the upstream sent no length: the blob is copied, then redirected");
+            return None;
+        };
+        match dir.reserve(len) {
+            Some((path, reservation)) => Some(SpillPlace::Upload(path, reservation)),
+            None => {
+                tracing::warn!(
+                    repo = %target.scoped_name(), %digest, size = len, spill_dir = %dir.path().display(),
+                    used = dir.used(), "spill directory full: the blob is copied to the store, then redirected"
+                );
+                None
+            }
+        }
+    }
+
+    /// The fill through a spill file: written at the upstream's pace while every request of the
+    /// fill streams from it. Filesystem: the file is adopted as the object, marked, and only then
+    /// do readers get its last byte. S3: the upload reads the file behind the writer; readers get
+    /// the last byte as soon as the bytes are verified, the marker follows the completed upload.
+    async fn fill_through_spill<S>(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        len: Option<u64>,
+        verified: S,
+        stage: StageTx,
+        place: SpillPlace,
+    ) -> Result<u64, Error>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, FillError>> + Send + Unpin + 'static,
+    {
+        let key = keys::blob(digest);
+        let (path, reservation, adopt) = match place {
+            SpillPlace::Adopt(path) => (path, None, true),
+            SpillPlace::Upload(path, r) => (path, Some(r), false),
+        };
+        let spill = match Spill::create(path, len, reservation).await {
+            Ok(spill) => spill,
+            Err(e) => {
+                tracing::warn!(repo = %target.scoped_name(), %digest, error = %e, "cannot create a spill file: the blob is copied, then served from the store");
+                stage.send_replace(FillStage::NotStreamed);
+                let size = self.store.put_stream(&key, len, verified.boxed()).await?;
+                self.write_marker(target, digest, &Marker::blob(size))
+                    .await?;
+                return Ok(size);
+            }
+        };
+        stage.send_replace(FillStage::Spilled(Arc::clone(&spill)));
+        if adopt {
+            let result = async {
+                let size = spill.write_from(verified).await.map_err(spill_error)?;
+                self.store.adopt(&key, spill.path()).await?;
+                self.write_marker(target, digest, &Marker::blob(size))
+                    .await?;
+                Ok::<u64, Error>(size)
+            }
+            .await;
+            match &result {
+                Ok(_) => spill.complete(),
+                Err(e) => spill.fail(&e.message),
+            }
+            return result;
+        }
+        let upload = self.store.put_stream(
+            &key,
+            len,
+            spill
+                .reader(None, Audience::Upload)
+                .map(|r| r.map_err(|e| FillError::Source(e.to_string())))
+                .boxed(),
+        );
+        let write = async {
+            let written = spill.write_from(verified).await.map_err(spill_error);
+            match &written {
+                Ok(_) => spill.complete(),
+                // The upload sees this and aborts; clients learn of it after that.
+                Err(e) => spill.abort(&e.message),
+            }
+            written
+        };
+        let (written, uploaded) = tokio::join!(write, upload);
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                spill.fail(&e.message);
+                return Err(e);
+            }
+        };
+        // The clients have their verified bytes whatever happens to the upload now.
+        uploaded?;
+        self.write_marker(target, digest, &Marker::blob(size))
+            .await?;
+        Ok(size)
+    }
 }
 
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<std::io::Result<Bytes>>,
-) -> BoxStream<'static, std::io::Result<Bytes>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+fn spill_error(e: SpillError<FillError>) -> Error {
+    match e {
+        SpillError::Source(e) => Error::from(e),
+        SpillError::Disk(e) => Error::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            format!("writing the blob's spill file failed: {e}"),
+        ),
+    }
 }

@@ -39,7 +39,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::blobs::{FillStart, Tee};
+use super::blobs::{FillStage, StageTx};
 use super::{BlobAnswer, Registry, Target};
 use crate::error::{Code, Error};
 use crate::oci::{Digest, RepoName};
@@ -236,7 +236,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        mut tee: Option<Tee>,
+        mut stage: Option<StageTx>,
     ) -> Result<u64, Error> {
         let key = keys::lease(digest);
         let blob_key = keys::blob(digest);
@@ -254,15 +254,15 @@ impl Registry {
             let other = match self.acquire_lease(&key, &lease).await? {
                 Acquired::Yes(etag) => {
                     return self
-                        .copy_under_lease(target, digest, tee, lease, etag)
+                        .copy_under_lease(target, digest, stage, lease, etag)
                         .await;
                 }
                 Acquired::Held(other) => other,
             };
-            // A streaming starter is not streamed: it waits with the others and is then
-            // answered from the store.
-            if let Some((start, _)) = tee.take() {
-                let _ = start.send(FillStart::AlreadyStored);
+            // Not streamed here: this fill's requests wait with it and are then answered from
+            // the store.
+            if let Some(s) = stage.take() {
+                s.send_replace(FillStage::NotStreamed);
             }
             if !waiting {
                 tracing::info!(repo = %target.scoped_name(), %digest, owner = %other.owner, "another instance is copying this blob; waiting for it");
@@ -300,7 +300,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        tee: Option<Tee>,
+        stage: Option<StageTx>,
         lease: Lease,
         etag: String,
     ) -> Result<u64, Error> {
@@ -336,7 +336,7 @@ impl Registry {
                 }
             }
         };
-        let copy = self.copy_blob(target, digest, tee, None);
+        let copy = self.copy_blob(target, digest, stage, None);
         let result = {
             tokio::pin!(copy, renew);
             match futures_util::future::select(copy, renew).await {

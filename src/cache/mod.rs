@@ -157,6 +157,11 @@ pub struct Registry {
     /// Server mode over S3: the lease a fill holds so that instances sharing the bucket fetch a
     /// blob once.
     server_lease: ServerLease,
+    /// Server mode over S3 with streamed misses: the bounded directory fills spill into.
+    spill_dir: Option<Arc<crate::spill::SpillDir>>,
+    /// The stage of every streamed blob fill running now, by `repo@digest` (the key of its
+    /// flight): the requests that join a fill find its spill file here.
+    fill_stages: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<blobs::FillStage>>>,
     /// This registry itself, for work handed to a background task (single-flight fills).
     me: Weak<Registry>,
 }
@@ -205,8 +210,31 @@ impl Registry {
                 names.insert(n.clone(), u.alias.clone());
             }
         }
+        // Fills over S3 in server mode spill to local disk (a filesystem store spills into its
+        // own temporary directory; Lambda mode never streams blobs).
+        let spill_dir = if services.fill_policy.is_none()
+            && store.serves_by_redirect()
+            && config.s3.stream_misses
+        {
+            let dir = crate::spill::SpillDir::open(&config.spill.dir, config.spill.max_bytes)
+                .map_err(|e| {
+                    Error::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        Code::Unavailable,
+                        format!(
+                            "cannot open the spill directory {}: {e}",
+                            config.spill.dir.display()
+                        ),
+                    )
+                })?;
+            Some(dir)
+        } else {
+            None
+        };
         Ok(Arc::new_cyclic(|me| Registry {
             me: me.clone(),
+            spill_dir,
+            fill_stages: Default::default(),
             manifests: ManifestMemory::new(config.memory_cache_bytes),
             config,
             store,

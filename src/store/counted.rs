@@ -88,6 +88,24 @@ impl Store for Counted {
         self.inner.serves_by_redirect()
     }
 
+    fn spill_path(&self) -> Option<std::path::PathBuf> {
+        self.inner.spill_path()
+    }
+
+    async fn adopt(&self, key: &Key, path: &std::path::Path) -> Result<(), StoreError> {
+        note("adopt", key);
+        self.inner.adopt(key, path).await
+    }
+
+    async fn read_through(
+        &self,
+        key: &Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        note("read", key);
+        self.inner.read_through(key, range).await
+    }
+
     async fn read(
         &self,
         key: &Key,

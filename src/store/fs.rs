@@ -164,6 +164,20 @@ impl Store for FsStore {
         Ok(written)
     }
 
+    fn spill_path(&self) -> Option<PathBuf> {
+        Some(self.tmp_path())
+    }
+
+    async fn adopt(&self, key: &Key, path: &Path) -> Result<(), StoreError> {
+        let p = path.to_owned();
+        tokio::task::spawn_blocking(move || std::fs::File::open(p)?.sync_data())
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| io_err(key, e))?;
+        self.publish(path, key).await
+    }
+
     async fn open(
         &self,
         key: &Key,

@@ -86,6 +86,33 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
     ) -> Result<Option<BoxStream<'static, std::io::Result<Bytes>>>, StoreError>;
 
+    /// A fresh path where a blob fill may spill its bytes so that [`Store::adopt`] can make that
+    /// very file the object (the filesystem store's temporary directory); `None` when the store
+    /// keeps its objects elsewhere and spilled bytes are uploaded with [`Store::put_stream`].
+    fn spill_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    /// Publishes the complete, verified file at `path` (from [`Store::spill_path`]) as `key`:
+    /// flushed to stable storage, then moved into place atomically.
+    async fn adopt(&self, key: &Key, path: &std::path::Path) -> Result<(), StoreError> {
+        let _ = path;
+        Err(StoreError::Backend {
+            key: key.to_string(),
+            message: "this store cannot adopt a local file".into(),
+        })
+    }
+
+    /// Like [`Store::read`], but always a stream of the bytes, never a redirect (for clients that
+    /// cannot reach the store themselves). Stores that stream anyway use `read`.
+    async fn read_through(
+        &self,
+        key: &Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        self.read(key, range).await
+    }
+
     /// True when [`Store::read`] answers with redirects (the client fetches the bytes from the
     /// store itself), so blob bytes should not pass through the proxy, not even on a miss.
     fn serves_by_redirect(&self) -> bool {

@@ -438,6 +438,49 @@ impl Store for S3Store {
         Ok(Some(BlobRead::Redirect(req.uri().to_owned())))
     }
 
+    async fn read_through(
+        &self,
+        key: &Key,
+        range: Option<RangeRequest>,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        let k = self.object_key(key);
+        let mut get = self.client.get_object().bucket(&self.bucket).key(&k);
+        // Without a range the answer's length is the object's; with one, its size comes first.
+        let (total, range) = match range {
+            None => (None, None),
+            Some(r) => {
+                let Some(total) = self.head(key).await? else {
+                    return Ok(None);
+                };
+                match r.resolve(total) {
+                    Some(r) => {
+                        get = get.range(format!("bytes={}-{}", r.first, r.last));
+                        (Some(total), Some(r))
+                    }
+                    None => return Ok(Some(BlobRead::Unsatisfiable { total })),
+                }
+            }
+        };
+        tracing::debug!(op = "GetObject", key = %k, ?range);
+        let out = match get.send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(backend(&k, "GetObject", &e)),
+        };
+        let total = match total {
+            Some(t) => t,
+            None => out
+                .content_length()
+                .and_then(|l| u64::try_from(l).ok())
+                .ok_or_else(|| StoreError::Backend {
+                    key: k.clone(),
+                    message: "S3 GetObject answered without a Content-Length".into(),
+                })?,
+        };
+        let body = tokio_util::io::ReaderStream::new(out.body.into_async_read()).boxed();
+        Ok(Some(BlobRead::Stream { total, range, body }))
+    }
+
     async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
         let Some((k, out)) = self.get_object(key).await? else {
             return Ok(None);

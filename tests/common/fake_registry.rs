@@ -125,6 +125,10 @@ pub enum Fault {
     /// connection is aborted. Only applies to 200 GET responses with a
     /// non-empty body.
     Truncate,
+    /// Full headers, the first `at` bytes of the body, then nothing until
+    /// [`FakeRegistry::release_held`] is called, then the rest. Only applies
+    /// to 200 GET responses with a body longer than `at`.
+    Hold { at: usize },
 }
 
 /// A fault-injection rule. Rules are checked in the order added; the first
@@ -207,6 +211,7 @@ impl FakeRegistry {
             cdn_addr,
             token_counter: AtomicU64::new(0),
             state: Mutex::new(RegState::default()),
+            held: tokio::sync::watch::channel(false).0,
         });
 
         let mut tasks = Vec::new();
@@ -244,6 +249,11 @@ impl FakeRegistry {
             tasks,
             conns,
         }
+    }
+
+    /// Lets every body held by [`Fault::Hold`] (now and later) send its rest.
+    pub fn release_held(&self) {
+        self.shared.held.send_replace(true);
     }
 
     /// "http://127.0.0.1:PORT"
@@ -561,6 +571,8 @@ struct Shared {
     cdn_addr: Option<SocketAddr>,
     token_counter: AtomicU64,
     state: Mutex<RegState>,
+    /// Opened (true) by [`FakeRegistry::release_held`]: bodies held by [`Fault::Hold`] go on.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -605,6 +617,12 @@ enum ReplyBody {
     Truncated {
         full_len: usize,
         sent: Bytes,
+    },
+    /// Sends `first`, waits until `open` says true, sends `rest`.
+    Held {
+        first: Bytes,
+        rest: Bytes,
+        open: tokio::sync::watch::Receiver<bool>,
     },
 }
 
@@ -663,7 +681,7 @@ impl Reply {
     fn full_body(&self) -> Option<&Bytes> {
         match &self.body {
             ReplyBody::Full(b) => Some(b),
-            ReplyBody::Truncated { .. } => None,
+            ReplyBody::Truncated { .. } | ReplyBody::Held { .. } => None,
         }
     }
 
@@ -681,6 +699,9 @@ impl Reply {
         let (len, body) = match self.body {
             ReplyBody::Full(b) => (b.len(), Body::from(b)),
             ReplyBody::Truncated { full_len, sent } => (full_len, truncated_body(sent)),
+            ReplyBody::Held { first, rest, open } => {
+                (first.len() + rest.len(), held_body(first, rest, open))
+            }
         };
         let body = if is_head { Body::empty() } else { body };
         builder
@@ -688,6 +709,22 @@ impl Reply {
             .body(body)
             .expect("fake registry: build response")
     }
+}
+
+/// A body that yields `first`, waits for `open`, then yields `rest`.
+fn held_body(first: Bytes, rest: Bytes, open: tokio::sync::watch::Receiver<bool>) -> Body {
+    let stream = futures_util::stream::unfold(
+        (Some(first), Some(rest), open),
+        |(first, rest, mut open)| async move {
+            if let Some(f) = first {
+                return Some((Ok::<_, io::Error>(f), (None, rest, open)));
+            }
+            let rest = rest?;
+            let _ = open.wait_for(|o| *o).await;
+            Some((Ok(rest), (None, None, open)))
+        },
+    );
+    Body::from_stream(stream)
 }
 
 /// A body that yields `sent`, then fails (so hyper aborts the connection).
@@ -844,6 +881,7 @@ async fn apply_faults(shared: &Shared, req: &ReqInfo, normal: Reply, is_token: b
                     normal.status == 200 && normal.get_header("docker-content-digest").is_some()
                 }
                 Fault::TamperBody | Fault::Truncate => has_body,
+                Fault::Hold { at } => has_body && normal.full_body().is_some_and(|b| b.len() > at),
                 _ => true,
             };
             if applies {
@@ -927,6 +965,20 @@ async fn apply_faults(shared: &Shared, req: &ReqInfo, normal: Reply, is_token: b
                 let mid = v.len() / 2;
                 v[mid] ^= 0xff;
                 r.body = ReplyBody::Full(Bytes::from(v));
+            }
+            r
+        }
+        Fault::Hold { at } => {
+            let mut r = normal;
+            if let Some(b) = r.full_body()
+                && b.len() > at
+            {
+                let (first, rest) = (b.slice(..at), b.slice(at..));
+                r.body = ReplyBody::Held {
+                    first,
+                    rest,
+                    open: shared.held.subscribe(),
+                };
             }
             r
         }
