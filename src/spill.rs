@@ -207,7 +207,7 @@ impl Spill {
         &self.path
     }
 
-    pub fn len(&self) -> Option<u64> {
+    pub fn announced_len(&self) -> Option<u64> {
         self.len
     }
 
@@ -378,4 +378,77 @@ pub enum SpillError<E> {
     Source(E),
     #[error("spill file: {0}")]
     Disk(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_are_bounded_and_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::open(dir.path(), 100).unwrap();
+        let (_, a) = spill.reserve(60).unwrap();
+        assert!(spill.reserve(41).is_none(), "over the bound");
+        let (_, b) = spill.reserve(40).unwrap();
+        assert_eq!(spill.used(), 100);
+        drop(a);
+        assert_eq!(spill.used(), 40);
+        drop(b);
+        assert_eq!(spill.used(), 0);
+    }
+
+    #[test]
+    fn files_of_dead_processes_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        // Pid numbers above the kernel's maximum (4194304) are never alive.
+        std::fs::write(dir.path().join("4194399-0"), b"left by a crash").unwrap();
+        let mine = dir.path().join(format!("{}-999999", std::process::id()));
+        std::fs::write(&mine, b"in use").unwrap();
+        std::fs::write(dir.path().join("not-a-spill"), b"kept").unwrap();
+        SpillDir::open(dir.path(), 1).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                format!("{}-999999", std::process::id()),
+                "not-a-spill".to_string()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_gets_the_last_byte_only_once_complete_and_never_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        for complete in [true, false] {
+            let path = dir.path().join(format!("s-{complete}"));
+            let spill = Spill::create(path.clone(), Some(4), None).await.unwrap();
+            let mut reader = spill.reader(None, Audience::Client);
+            let body =
+                futures_util::stream::iter([Ok::<_, io::Error>(Bytes::from_static(b"abcd"))]);
+            assert_eq!(spill.write_from(body).await.unwrap(), 4);
+            assert_eq!(reader.next().await.unwrap().unwrap(), &b"abc"[..]);
+            // Held one byte short until the verdict.
+            assert!(reader.next().now_or_never().is_none());
+            if complete {
+                spill.complete();
+                assert_eq!(reader.next().await.unwrap().unwrap(), &b"d"[..]);
+                assert!(reader.next().await.is_none());
+            } else {
+                spill.abort("bad digest");
+                assert!(
+                    reader.next().now_or_never().is_none(),
+                    "clients wait for cleanup"
+                );
+                spill.fail("bad digest");
+                assert!(reader.next().await.unwrap().is_err());
+                assert!(reader.next().await.is_none());
+                assert!(!path.exists(), "a failed spill file is removed at once");
+            }
+        }
+    }
 }

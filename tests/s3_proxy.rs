@@ -14,6 +14,10 @@ use s3s::S3ErrorCode;
 
 /// Small parts and few in flight, so multipart cases stay small.
 const SMALL_PARTS: &str = "part_size = \"8MiB\"\nparts_in_flight = 2";
+/// Most tests here are about copy-then-redirect (`[s3] stream_misses = false`: no blob bytes
+/// through the proxy). The default, cold blobs streamed from a spill file while they upload, is
+/// tested at the end of this file and, on both stores, in tests/blobs.rs.
+const REDIRECT: &str = "stream_misses = false";
 
 /// GETs a blob through the proxy, asserts a 307 to the S3 server, follows the Location with a
 /// plain client (no Authorization) and checks the bytes hash to `digest`. Returns the Location.
@@ -83,7 +87,7 @@ fn describe(up: &FakeRegistry) -> Vec<String> {
 async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 31);
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     full_pull(&proxy, "team/app", "v1", &img).await;
 
     // The arm64 manifest by digest, and a blob HEAD: length and digest without a body.
@@ -119,7 +123,7 @@ async fn a_warm_blob_is_a_redirect_after_no_store_request_and_no_upstream_reques
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(32, 200_000);
     let d = up.put_blob("team/app", data.clone());
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     let (_, first) = blob_via_redirect(&proxy, "team/app", &d).await;
     assert_eq!(first, data);
 
@@ -140,7 +144,7 @@ async fn tampered_presigned_urls_are_refused_by_s3() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let d1 = up.put_blob("team/app", blob_bytes(33, 5000));
     let d2 = up.put_blob("team/app", blob_bytes(34, 5000));
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     let (location, _) = blob_via_redirect(&proxy, "team/app", &d1).await;
     blob_via_redirect(&proxy, "team/app", &d2).await;
     let client = proxy.s3().plain_client();
@@ -172,7 +176,7 @@ async fn a_fill_that_fails_halfway_leaves_no_blob_and_no_multipart_upload() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(35, 20 * 1024 * 1024);
     let d = up.put_blob("team/big", data.clone());
-    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\n{REDIRECT}")).await;
     let path = format!("/v2/team/big/blobs/{d}");
 
     for fault in [Fault::Truncate, Fault::TamperBody] {
@@ -208,7 +212,7 @@ async fn a_blob_larger_than_all_parts_in_flight_is_filled_and_served_intact() {
     // 8 MiB parts, 2 in flight: 40 MiB is five parts, more than fit in memory at once.
     let data = blob_bytes(36, 40 * 1024 * 1024 + 5);
     let d = up.put_blob("team/big", data.clone());
-    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\n{REDIRECT}")).await;
     let (_, body) = blob_via_redirect(&proxy, "team/big", &d).await;
     assert_eq!(body.len(), data.len());
     assert_eq!(body, data);
@@ -222,7 +226,7 @@ async fn a_blob_larger_than_all_parts_in_flight_is_filled_and_served_intact() {
 async fn tag_ttl_behaviour_is_unchanged_over_s3() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 37);
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     full_pull(&proxy, "team/app", "v1", &img).await;
 
     up.clear_requests();
@@ -240,7 +244,7 @@ async fn tag_ttl_behaviour_is_unchanged_over_s3() {
 async fn a_store_that_keeps_failing_gives_503_unavailable() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let d = up.put_blob("team/app", blob_bytes(38, 1000));
-    let proxy = Proxy::start_s3_with(&up, "max_attempts = 2").await;
+    let proxy = Proxy::start_s3_with(&up, &format!("max_attempts = 2\n{REDIRECT}")).await;
     proxy
         .s3()
         .add_fault("GetObject", S3ErrorCode::SlowDown, None);
@@ -269,7 +273,7 @@ async fn a_store_that_keeps_failing_gives_503_unavailable() {
 async fn upstream_faults_on_cold_content_are_oci_errors_and_leave_the_bucket_empty() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 40);
-    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\n{REDIRECT}")).await;
     let config_blob = img.amd64.blob_digests()[0].clone();
     let blob = format!("/v2/team/app/blobs/{config_blob}");
     let tag = "/v2/team/app/manifests/v1".to_owned();
@@ -361,7 +365,7 @@ async fn upstream_faults_on_cold_content_are_oci_errors_and_leave_the_bucket_emp
 async fn another_instance_serves_the_bucket_without_token_endpoint_or_upstream() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 43);
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     full_pull(&proxy, "team/app", "v1", &img).await;
 
     up.add_fault(FaultRule::new(Fault::Status(500)).path("/token"));
@@ -397,7 +401,7 @@ async fn throttling_and_transient_s3_errors_during_fills_are_retried() {
     let img = push_oci_index(&up, "team/app", "v1", 44);
     let data = blob_bytes(45, 20 * 1024 * 1024);
     let big = up.put_blob("team/app", data.clone());
-    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\n{REDIRECT}")).await;
     let s3 = proxy.s3();
     s3.add_fault("UploadPart", S3ErrorCode::SlowDown, Some(2));
     s3.add_fault(
@@ -437,7 +441,8 @@ async fn a_persistent_s3_failure_mid_fill_is_503_and_publishes_nothing() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(46, 20 * 1024 * 1024);
     let d = up.put_blob("team/app", data.clone());
-    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nmax_attempts = 2")).await;
+    let proxy =
+        Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nmax_attempts = 2\n{REDIRECT}")).await;
     proxy
         .s3()
         .add_fault("UploadPart", S3ErrorCode::InternalError, None);
@@ -455,17 +460,23 @@ async fn a_persistent_s3_failure_mid_fill_is_503_and_publishes_nothing() {
     assert_eq!(body, data);
 }
 
-/// `[s3] stream_misses`: the request that starts a fill is streamed the verified bytes while
-/// they upload (its last chunk only once the object is complete); a request joining the fill,
-/// and every later one, gets the 307. Bad bytes cut the streamed body off and publish nothing.
+/// By default (server mode) every request for a cold blob streams it from the fill's spill file
+/// while it uploads: the first one and a joiner alike; once published, the blob is a 307. Bad
+/// bytes cut the streamed bodies off and publish nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_stream_misses_the_first_client_is_streamed_and_the_rest_redirected() {
+async fn by_default_cold_clients_stream_and_warm_ones_are_redirected() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(47, 20 * 1024 * 1024);
     let d = up.put_blob("team/app", data.clone());
     let bad = up.put_blob("team/app", blob_bytes(48, 12 * 1024 * 1024));
-    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nstream_misses = true")).await;
+    let proxy = Proxy::start_s3_with(&up, SMALL_PARTS).await;
     let path = format!("/v2/team/app/blobs/{d}");
+    // The upstream holds the second half back, so the joiner below arrives during the fill.
+    up.add_fault(
+        FaultRule::new(Fault::Hold { at: data.len() / 2 })
+            .method("GET")
+            .path(&d),
+    );
 
     let first = proxy.get(&path, None).await;
     assert_eq!(first.status(), 200);
@@ -474,32 +485,31 @@ async fn with_stream_misses_the_first_client_is_streamed_and_the_rest_redirected
         Some(data.len().to_string().as_str())
     );
     assert_eq!(header(&first, "docker-content-digest"), Some(d.as_str()));
-    // A second request while the first is being streamed joins the fill and gets the 307.
-    let joiner = tokio::spawn({
-        let (http, url) = (proxy.http.clone(), format!("{}{path}", proxy.url));
-        async move {
-            let resp = http.get(url).send().await.unwrap();
-            (
-                resp.status().as_u16(),
-                header(&resp, "location").map(str::to_owned),
-            )
-        }
-    });
-    let body = first.bytes().await.unwrap();
-    assert_eq!(body, data);
-    let (status, location) = joiner.await.unwrap();
-    assert_eq!(status, 307);
-    assert!(location.unwrap().contains("X-Amz-Signature="));
+    let joiner = proxy.get(&path, None).await;
+    assert_eq!(joiner.status(), 200, "a joiner streams too");
+    up.release_held();
+    assert_eq!(first.bytes().await.unwrap(), data);
+    assert_eq!(joiner.bytes().await.unwrap(), data);
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
     let (alg, hex) = d.split_once(':').unwrap();
-    assert!(
-        proxy
-            .s3()
-            .blob_keys("")
-            .await
-            .contains(&format!("blobs/{alg}/{hex}"))
-    );
-    blob_via_redirect(&proxy, "team/app", &d).await;
+    let key = format!("blobs/{alg}/{hex}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !proxy.s3().blob_keys("").await.contains(&key) {
+        assert!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Published and marked: a redirect from now on (the marker follows the upload).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = proxy.get(&path, None).await;
+        if resp.status() == 307 {
+            follow_redirect(&proxy, resp, &d).await;
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap(), data);
+        assert!(tokio::time::Instant::now() < deadline, "never redirected");
+    }
 
     // Tampered bytes: the streamed body is cut off, the upload aborted, nothing published.
     up.add_fault(FaultRule::new(Fault::TamperBody).method("GET").path(&bad));
@@ -518,6 +528,89 @@ async fn with_stream_misses_the_first_client_is_streamed_and_the_rest_redirected
             .contains(&format!("blobs/{alg}/{hex}"))
     );
     proxy.s3().assert_no_uploads().await;
+}
+
+/// Streaming, a bucket that fails mid-upload does not fail the client: it gets the verified
+/// bytes from the spill file; nothing is published, the upload is aborted, and the next request
+/// fills the blob again once S3 recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_still_serves_the_streaming_client_and_publishes_nothing() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(49, 20 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3_with(&up, &format!("{SMALL_PARTS}\nmax_attempts = 2")).await;
+    proxy
+        .s3()
+        .add_fault("UploadPart", S3ErrorCode::InternalError, None);
+    let path = format!("/v2/team/app/blobs/{d}");
+    let resp = proxy.get(&path, None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), data);
+    // The fill ends (upload aborted) without publishing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !proxy.s3().multipart_uploads().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upload never aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.s3().blob_keys("").await, Vec::<String>::new());
+
+    proxy.s3().clear_faults();
+    let resp = proxy.get(&path, None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), data);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 2);
+}
+
+/// `[s3] stream_hits`: a stored blob is streamed from S3 through the proxy (for clients that
+/// cannot reach the bucket), ranges included, instead of redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stream_hits_stored_blobs_are_streamed_not_redirected() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(50, 3 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let proxy = Proxy::start_s3_with(&up, "stream_hits = true").await;
+    let path = format!("/v2/team/app/blobs/{d}");
+    assert_eq!(proxy.get(&path, None).await.bytes().await.unwrap(), data);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while proxy.s3().blob_keys("").await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    up.clear_requests();
+    for _ in 0..2 {
+        let resp = proxy.get(&path, None).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            header(&resp, "content-length"),
+            Some(data.len().to_string().as_str())
+        );
+        assert_eq!(resp.bytes().await.unwrap(), data);
+    }
+    let resp = proxy
+        .http
+        .get(format!("{}{path}", proxy.url))
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(
+        header(&resp, "content-range"),
+        Some(format!("bytes 100-199/{}", data.len()).as_str())
+    );
+    assert_eq!(resp.bytes().await.unwrap(), data.slice(100..200));
+    let resp = proxy
+        .http
+        .get(format!("{}{path}", proxy.url))
+        .header("range", format!("bytes={}-", data.len()))
+        .send()
+        .await
+        .unwrap();
+    expect_oci_error(resp, 416, "RANGE_INVALID").await;
+    assert_eq!(up.requests().len(), 0, "warm: no upstream request");
 }
 
 fn lease_key(digest: &str) -> String {
@@ -610,7 +703,7 @@ async fn two_instances_missing_one_blob_fetch_it_from_the_upstream_once() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let d = up.put_blob("team/app", blob_bytes(50, 300_000));
     let server = S3Server::start().await;
-    let a = Proxy::with_s3_config(&patient_config(&up, &server, ""), server).await;
+    let a = Proxy::with_s3_config(&patient_config(&up, &server, REDIRECT), server).await;
     let b = a
         .sibling_s3(&patient_config(&up, a.s3(), "stream_misses = true"))
         .await;
@@ -643,7 +736,7 @@ async fn an_expired_fill_lease_is_taken_over_at_once() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(51, 100_000);
     let d = up.put_blob("team/app", data.clone());
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     put_lease(proxy.s3(), &d, proxy.clock.now_ms() - 1000, "team/app").await;
     proxy.s3().clear_calls();
 
@@ -668,7 +761,7 @@ async fn a_live_lease_is_waited_for_and_taken_over_once_it_expires() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let data = blob_bytes(52, 100_000);
     let d = up.put_blob("team/app", data.clone());
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     put_lease(proxy.s3(), &d, proxy.clock.now_ms() + 60_000, "team/app").await;
 
     let waiter = spawn_get(&proxy, &format!("/v2/team/app/blobs/{d}"));
@@ -696,7 +789,7 @@ async fn a_live_lease_is_waited_for_and_taken_over_once_it_expires() {
 #[tokio::test]
 async fn a_blob_copied_by_the_lease_holder_is_served_without_fetching_it() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
-    let proxy = Proxy::start_s3(&up).await;
+    let proxy = Proxy::start_s3_with(&up, REDIRECT).await;
     let s3 = proxy.s3();
     for (seed, holder_repo) in [(53, "team/app"), (54, "team/other")] {
         let data = blob_bytes(seed, 100_000);
@@ -748,7 +841,8 @@ async fn a_long_fill_keeps_renewing_its_lease() {
         },
         ..Services::default()
     };
-    let proxy = Proxy::with_s3_services(&patient_config(&up, &server, ""), server, services).await;
+    let proxy =
+        Proxy::with_s3_services(&patient_config(&up, &server, REDIRECT), server, services).await;
     stall_blob_gets(&up);
     let key = lease_key(&d);
 

@@ -256,7 +256,7 @@ impl Registry {
             },
         };
         if let Some(spill) = spill {
-            match (spill.len(), range) {
+            match (spill.announced_len(), range) {
                 (Some(total), None) => {
                     return Ok(Some(BlobAnswer::Stored(BlobRead::Stream {
                         total,
