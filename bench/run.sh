@@ -118,8 +118,10 @@ log "work directory $WORK"
     echo "bench: stopped after ${MAX_SECONDS}s (BENCH_MAX_SECONDS)" >&2
     kill -TERM $$
     # bash runs the TERM trap only once its foreground command has ended: stop the script's own
-    # children (by parent PID: a client, the load generator, a command substitution) so that it
-    # does at once, not after up to CLIENT_TIMEOUT.
+    # children and their children (by parent PID: a client, the load generator, the `timeout`
+    # of a client in a command substitution) so that it does at once, not after up to
+    # CLIENT_TIMEOUT. The servers among them are stopped anyway by the EXIT trap.
+    for c in $(pgrep -P $$ || true); do pkill -TERM -P "$c" 2>/dev/null || true; done
     pkill -TERM -P $$ 2>/dev/null || true
 ) &
 WATCHDOG=$!
