@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Turns the benchmark's result files (bench/run.sh, $WORK/res) into a markdown table.
 
-Usage: report.py RESDIR --huge-mib N --requests N --concurrency N
+Usage: report.py RESDIR --huge-mib N --requests N --concurrency N [--readers N]
+
+Result files (one per figure; missing ones are reported as n/a): <proxy>.<name>, proxy one of
+pt (pullthrough, S3 store, default settings), dist (distribution), pt-redirect (pullthrough with
+[s3] stream_misses = false), pt-fs (pullthrough with the filesystem store), direct (no proxy).
+Numbers are whitespace separated, one per repetition; *.json are log windows (logstats.py).
 """
 import argparse
 import glob
@@ -18,6 +23,7 @@ def main():
     ap.add_argument("--huge-mib", type=int, required=True)
     ap.add_argument("--requests", type=int, required=True)
     ap.add_argument("--concurrency", type=int, required=True)
+    ap.add_argument("--readers", type=int, default=8)
     a = ap.parse_args()
     res = a.res
 
@@ -62,17 +68,32 @@ def main():
         rows.append((measure, fmt(pt, unit, nd), fmt(dist, unit, nd),
                      "n/a" if r is None else f"{r:.2f}", tgt, met))
 
-    # -- pull times
+    def n_of(name):
+        return f"median of {len(nums(name))}"
+
+    # -- pull times (pullthrough with its default settings: cold blobs streamed from a spill file)
     direct = {"many": med("direct.warm_many"), "big": med("direct.warm_big")}
-    for img, label in (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)")):
-        ratio_row(f"cold pull, {label}, s (median of {len(nums('pt.cold_' + img))})",
+    images = (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)"),
+              ("huge", f"{a.huge_mib} MiB layer (huge)"))
+    for img, label in images:
+        ratio_row(f"cold pull, {label}, s ({n_of('pt.cold_' + img)})",
                   med(f"pt.cold_{img}"), med(f"dist.cold_{img}"), " s", 2, 0.8)
-    for img, label in (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)")):
-        if nums(f"pt-stream.cold_{img}"):
-            ratio_row(f"cold pull, {label}, pullthrough with [s3] stream_misses = true, s "
-                      f"(median of {len(nums('pt-stream.cold_' + img))})",
-                      med(f"pt-stream.cold_{img}"), med(f"dist.cold_{img}"), " s", 2, 0.8)
-    for img, label in (("many", "24-layer image (manylayers)"), ("big", "210 MiB layer (big)")):
+    for n in (2, 4):
+        ratio_row(f"{n} concurrent cold pulls of big, until the slowest client ended, s "
+                  f"({n_of(f'pt.cold_big_x{n}')})",
+                  med(f"pt.cold_big_x{n}"), med(f"dist.cold_big_x{n}"), " s", 2, 0.6)
+    fs, dr = med("pt-fs.cold_big"), direct["big"]
+    r = fs / dr if fs is not None and dr else None
+    rows.append((f"cold pull of big, pullthrough with the filesystem store, s ({n_of('pt-fs.cold_big')}); "
+                 f"ratio to the direct pull from the upstream ({n_of('direct.warm_big')}: {fmt(dr, ' s')})",
+                 fmt(fs, " s"), "", "n/a" if r is None else f"{r:.2f}", "≤ 1.1× direct",
+                 "n/a" if r is None else ("met" if r <= 1.1 else "**missed**")))
+    for img, label in images:
+        if nums(f"pt-redirect.cold_{img}"):
+            ratio_row(f"  context: cold pull, {label}, pullthrough with [s3] stream_misses = false "
+                      f"(copy, then redirect), s ({n_of('pt-redirect.cold_' + img)})",
+                      med(f"pt-redirect.cold_{img}"), med(f"dist.cold_{img}"), " s", 2)
+    for img, label in images[:2]:
         ratio_row(f"warm pull, {label}, s (median of {len(nums('pt.warm_' + img))}; "
                   f"direct from upstream: {fmt(direct[img], ' s')})",
                   med(f"pt.warm_{img}"), med(f"dist.warm_{img}"), " s", 2, 0.5)
@@ -129,38 +150,54 @@ def main():
     def mb(v):
         return None if v is None else v / 1e6
 
-    one = {k: mb(statistics.median([w["upstream"]["get_bytes"] for w in windows(k, "cold_big")]))
-           if windows(k, "cold_big") else None for k in P}
-    two = {k: mb((js(f"{k}.cold_big_x2.json") or {}).get("upstream", {}).get("get_bytes")) for k in P}
-    ratio_row("upstream bytes, one cold pull of big, MB", one["pt"], one["dist"], " MB", 1)
-    ratio_row("upstream bytes, two concurrent cold pulls of big, MB", two["pt"], two["dist"], " MB", 1)
-    hb = {k: mb((js(f"{k}.cold_huge.json") or {}).get("upstream", {}).get("get_bytes")) for k in P}
-    ratio_row(f"upstream bytes, one cold pull of the {a.huge_mib} MiB image, MB", hb["pt"], hb["dist"], " MB", 1)
+    def bytes_med(k, what):
+        """Median upstream GET bytes over the repetitions' windows (older runs: one window file)."""
+        ws = windows(k, what) or [w for w in [js(f"{k}.{what}.json")] if w is not None]
+        return mb(statistics.median([w["upstream"]["get_bytes"] for w in ws])) if ws else None
+
+    for what, label in (("cold_big", "one cold pull of big"),
+                        ("cold_big_x2", "two concurrent cold pulls of big"),
+                        ("cold_big_x4", "four concurrent cold pulls of big"),
+                        ("cold_huge", f"one cold pull of the {a.huge_mib} MiB image"),
+                        (f"cold_huge_x{a.readers}",
+                         f"{a.readers} concurrent GETs of the cold {a.huge_mib} MiB blob")):
+        b = {k: bytes_med(k, what) for k in P}
+        ratio_row(f"upstream bytes, {label}, MB", b["pt"], b["dist"], " MB", 1)
 
     # -- memory
     def mib(name):
+        """The highest of the repetitions' VmHWM values (KiB), in MiB."""
         v = nums(name)
-        return v[0] / 1024 if v else None
+        return max(v) / 1024 if v else None
+
+    def rss_row(measure, pt, dist, note="", target=96, bad=0):
+        r = pt / dist if pt is not None and dist else None
+        met = "n/a" if pt is None else ("**missed**" if bad or pt > target else "met")
+        rows.append((measure, fmt(pt, " MiB", 1) + note, fmt(dist, " MiB", 1),
+                     "n/a" if r is None else f"{r:.2f}", f"≤ {target} MiB (64 + 4 × 8)", met))
 
     ratio_row("VmHWM after start (idle), MiB", mib("pt.rss_idle_kib"), mib("dist.rss_idle_kib"), " MiB", 1)
-    pt_fill = mib("pt.rss_fill_kib")
-    r = pt_fill / mib("dist.rss_fill_kib") if pt_fill and mib("dist.rss_fill_kib") else None
-    rows.append((f"peak RSS (VmHWM) filling the {a.huge_mib} MiB blob, MiB", fmt(pt_fill, " MiB", 1),
-                 fmt(mib("dist.rss_fill_kib"), " MiB", 1), "n/a" if r is None else f"{r:.2f}",
-                 "≤ 96 MiB (64 + 4 × 8)",
-                 "n/a" if pt_fill is None else ("met" if pt_fill <= 96 else "**missed**")))
+    rss_row(f"peak RSS (VmHWM) filling the {a.huge_mib} MiB blob, one client, MiB "
+            f"(highest of {len(nums('pt.rss_fill_kib'))})",
+            mib("pt.rss_fill_kib"), mib("dist.rss_fill_kib"))
+    n = a.readers
+    bad = {k: nums(f"{k}.huge_x{n}_bad") for k in P}
+    nbad = {k: int(bad[k][0]) if bad[k] else 0 for k in P}
+    rss_row(f"peak RSS (VmHWM) while {n} clients GET the cold {a.huge_mib} MiB blob at once, MiB",
+            mib(f"pt.rss_x{n}_kib"), mib(f"dist.rss_x{n}_kib"),
+            f" ({nbad['pt']} of {n} clients failed)" if nbad["pt"] else "", bad=nbad["pt"])
+    if nbad["dist"]:
+        rows.append((f"  (distribution: {nbad['dist']} of {n} clients failed)", "", "", "", "", ""))
+    ratio_row(f"  {n} concurrent GETs of the cold {a.huge_mib} MiB blob, until the slowest client ended, s",
+              med(f"pt.cold_huge_x{n}"), med(f"dist.cold_huge_x{n}"), " s", 2)
     mm = mib("pt.rss_fill_mmap_kib")
     if mm is not None:
-        rows.append((f"  same, pullthrough with MALLOC_MMAP_THRESHOLD_=1048576 (glibc), MiB",
+        rows.append(("  peak RSS filling, pullthrough with MALLOC_MMAP_THRESHOLD_=1048576 (glibc), MiB",
                      fmt(mm, " MiB", 1), "", "", "≤ 96 MiB", "met" if mm <= 96 else "**missed**"))
-    st = mib("pt-stream.rss_fill_kib")
-    if st is not None:
-        rows.append(("  same, pullthrough with [s3] stream_misses = true, MiB",
-                     fmt(st, " MiB", 1), "", "", "≤ 96 MiB", "met" if st <= 96 else "**missed**"))
-    ratio_row(f"cold pull of the {a.huge_mib} MiB image, s", med("pt.cold_huge"), med("dist.cold_huge"), " s", 2)
-    if nums("pt-stream.cold_huge"):
-        ratio_row("  same with [s3] stream_misses = true, s", med("pt-stream.cold_huge"),
-                  med("dist.cold_huge"), " s", 2)
+    rd = mib("pt-redirect.rss_fill_kib")
+    if rd is not None:
+        rows.append(("  context: peak RSS filling, pullthrough with [s3] stream_misses = false, MiB",
+                     fmt(rd, " MiB", 1), "", "", "", ""))
 
     try:
         with open(path("lambda_init.txt")) as f:
@@ -170,9 +207,11 @@ def main():
     lam_cell = lam if "\n" not in lam and len(lam) < 80 else "see below"
     rows.append(("Lambda init (bench/lambda_init.sh)", lam_cell, "", "", "", ""))
 
-    print(f"Ratios are pullthrough / distribution (lower is better for times, latencies, requests, "
-          f"bytes and memory). Manifest GETs: {a.requests} requests at concurrency {a.concurrency} "
-          f"(after 50 unmeasured), e2e/manylayers, OCI manifest.")
+    print(f"Ratios are pullthrough / distribution unless the measure says otherwise (lower is better "
+          f"for times, latencies, requests, bytes and memory). pullthrough runs with its default "
+          f"settings (cold blobs streamed from a spill file while the S3 upload runs behind) except in "
+          f"rows that name a setting. Manifest GETs: {a.requests} requests at concurrency "
+          f"{a.concurrency} (after 50 unmeasured), e2e/manylayers, OCI manifest.")
     print()
     print("| measure | pullthrough (S3) | distribution 2.8 proxy (S3) | ratio | target | |")
     print("|---|---|---|---|---|---|")
@@ -188,8 +227,9 @@ def main():
     print()
     print("Raw pull times (s):")
     print()
-    for k in ("pt", "pt-stream", "dist", "direct"):
-        for what in ("cold_many", "cold_big", "warm_many", "warm_big", "cold_huge"):
+    for k in ("pt", "pt-redirect", "pt-fs", "dist", "direct"):
+        for what in ("cold_many", "cold_big", "warm_many", "warm_big", "cold_huge", "cold_big_x2",
+                     "cold_big_x4", f"cold_huge_x{a.readers}"):
             v = nums(f"{k}.{what}")
             if v:
                 print(f"- {k} {what}: {' '.join(f'{x:.2f}' for x in v)}")

@@ -3,6 +3,9 @@
 # driver), side by side in one run, on the same upstream (distribution 2.8, filesystem), the same
 # S3-compatible server (s3s-fs) and the same fixtures (tests/e2e/make_fixtures.py, plus a 1 GiB
 # single-layer image from bench/make_huge.py). Everything on 127.0.0.1. See bench/README.md.
+# pullthrough runs with its default settings (cold blobs streamed from a spill file while the S3
+# upload runs behind) except for the stages labelled otherwise: "pt-redirect" ([s3]
+# stream_misses = false), "pt-fs" (the filesystem store) and the MALLOC_MMAP_THRESHOLD_ run.
 #
 #   bash bench/run.sh            # from the repository root, as root on Debian 12
 #
@@ -12,6 +15,7 @@
 #   BENCH_REQUESTS=5000          manifest GETs per latency run (by tag, by digest)
 #   BENCH_CONCURRENCY=16         concurrent manifest GETs
 #   BENCH_HUGE_MIB=1024          size of the big-blob fixture (peak RSS while filling it)
+#   BENCH_READERS=8              concurrent GETs of the big blob for the peak-RSS-under-readers row
 #   BENCH_MAX_SECONDS=1500       the whole run is stopped after this (a watchdog)
 #   BENCH_KEEP=1                 keep the work directory (every log)
 #   BENCH_TMPDIR=/var/tmp        where the work directory is made
@@ -31,6 +35,7 @@ WARM_REPS=${BENCH_WARM_REPS:-5}
 REQUESTS=${BENCH_REQUESTS:-5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-16}
 HUGE_MIB=${BENCH_HUGE_MIB:-1024}
+READERS=${BENCH_READERS:-8}
 MAX_SECONDS=${BENCH_MAX_SECONDS:-1500}
 KEEP=${BENCH_KEEP:-0}
 REPORT=${BENCH_REPORT:-$BENCH_DIR/last-run.md}
@@ -41,6 +46,26 @@ STARTED_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 log() { echo "-- [$((SECONDS - STARTED_AT))s] $*"; }
 # shellcheck source=tests/e2e/lib.sh
 source "$E2E_DIR/lib.sh"
+
+# write_report [NOTE]: the markdown report of $WORK/res (bench/report.py) to BENCH_REPORT and stdout.
+write_report() {
+    {
+        echo "# pullthrough benchmark"
+        echo
+        [[ -z ${1:-} ]] || { echo "**$1**"; echo; }
+        echo "- date: $STARTED_DATE; took $((SECONDS - STARTED_AT)) s"
+        echo "- command: \`bash bench/run.sh\` (BENCH_REPS=$REPS BENCH_WARM_REPS=$WARM_REPS BENCH_REQUESTS=$REQUESTS BENCH_CONCURRENCY=$CONCURRENCY BENCH_HUGE_MIB=$HUGE_MIB BENCH_READERS=$READERS)"
+        echo "- commit: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+        echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(free -h | awk '/^Mem:/ {print $2}') memory ($(free -h | awk '/^Mem:/ {print $7}') available); $(uname -sr)"
+        echo "- versions: pullthrough $(git -C "$REPO_ROOT" describe --always 2>/dev/null), $(docker-registry --version 2>/dev/null | awk '{print $2, $3}'), s3s-fs $S3FS_VERSION, skopeo $(skopeo --version 2>/dev/null | awk '{print $3}')"
+        echo
+        python3 "$BENCH_DIR/report.py" "$WORK/res" --huge-mib "$HUGE_MIB" --requests "$REQUESTS" \
+            --concurrency "$CONCURRENCY" --readers "$READERS"
+    } >"$WORK/report.md"
+    cp "$WORK/report.md" "$REPORT"
+    cat "$WORK/report.md"
+    log "report written to $REPORT"
+}
 
 WORK=""
 WATCHDOG=""
@@ -63,7 +88,16 @@ teardown() {
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
-    ((rc == 0)) || echo "bench: FAILED during: $STAGE (exit status $rc)" >&2
+    if ((rc != 0)); then
+        echo "bench: FAILED during: $STAGE (exit status $rc)" >&2
+        # What was measured before the failure (or the watchdog) is still reported, marked partial.
+        if [[ $STAGE != report && -n $WORK && -d $WORK/res ]] && [[ -n $(ls -A "$WORK/res") ]]; then
+            [[ -z $WATCHDOG ]] || { kill "$WATCHDOG" 2>/dev/null || true; wait "$WATCHDOG" 2>/dev/null || true; }
+            WATCHDOG=""
+            stop_all
+            write_report "PARTIAL: stopped during \"$STAGE\" (exit status $rc); missing figures are n/a" || true
+        fi
+    fi
     teardown
     exit "$rc"
 }
@@ -83,6 +117,12 @@ log "work directory $WORK"
     wait "$sp"
     echo "bench: stopped after ${MAX_SECONDS}s (BENCH_MAX_SECONDS)" >&2
     kill -TERM $$
+    # bash runs the TERM trap only once its foreground command has ended: stop the script's own
+    # children and their children (by parent PID: a client, the load generator, the `timeout`
+    # of a client in a command substitution) so that it does at once, not after up to
+    # CLIENT_TIMEOUT. The servers among them are stopped anyway by the EXIT trap.
+    for c in $(pgrep -P $$ || true); do pkill -TERM -P "$c" 2>/dev/null || true; done
+    pkill -TERM -P $$ 2>/dev/null || true
 ) &
 WATCHDOG=$!
 
@@ -132,8 +172,6 @@ python3 "$BENCH_DIR/make_huge.py" "$WORK/huge" "$HUGE_MIB" >"$WORK/huge.env"
 # shellcheck disable=SC1091
 source "$WORK/huge.env"
 HUGE_REPO=e2e/huge
-BIG_LAYER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' \
-    "$BIG_PATH/blobs/sha256/${BIG_DIGEST#sha256:}")
 
 # ---------------------------------------------------------------------------------------------
 # Upstream, S3 server
@@ -171,10 +209,17 @@ rm -rf "$WORK/huge" # 1 GiB less on disk; the upstream has it
 # ---------------------------------------------------------------------------------------------
 RUN_N=0
 
+# pt_start: a fresh pullthrough process on a fresh store. Default: the S3 store
+# (s3://$S3_BUCKET/p<N>) with the default [s3] settings plus PT_S3_EXTRA (lines for [s3]), and the
+# spill directory in the work directory (its default is the system's temporary directory: a
+# location, not a setting that changes what is measured; default max_size). PT_STORE=fs: the
+# filesystem store in a new directory $WORK/fs<N> (it spills into that directory). PT_ENV: extra
+# environment (the allocator experiment below).
 pt_start() {
     RUN_N=$((RUN_N + 1))
     PROXY=127.0.0.1:$P_PT
     PROXY_LOG=$WORK/pullthrough.log
+    local store="s3://$S3_BUCKET/p$RUN_N"
     cat >"$WORK/pullthrough.toml" <<EOF
 default_upstream = "docker.io"
 tag_ttl = "10m"
@@ -183,18 +228,26 @@ tag_ttl = "10m"
 alias = "docker.io"
 url = "http://$UP"
 insecure = true
+EOF
+    if [[ ${PT_STORE:-s3} == fs ]]; then
+        store=$WORK/fs$RUN_N
+    else
+        cat >>"$WORK/pullthrough.toml" <<EOF
 
 [s3]
 endpoint = "http://127.0.0.1:$P_S3"
 force_path_style = true
 region = "$S3_REGION"
 ${PT_S3_EXTRA:-}
+
+[spill]
+dir = "$WORK/spill"
 EOF
+    fi
     echo "==== run $RUN_N ====" >>"$PROXY_LOG"
-    # PT_ENV: extra environment (the allocator experiment below).
     # shellcheck disable=SC2086
-    NO_COLOR=1 RUST_LOG=info start_bg "pullthrough on $PROXY (store s3://$S3_BUCKET/p$RUN_N) ${PT_ENV:-}" "$PROXY_LOG" \
-        env ${PT_ENV:-} "$BIN" serve --listen "$PROXY" --store "s3://$S3_BUCKET/p$RUN_N" --config "$WORK/pullthrough.toml"
+    NO_COLOR=1 RUST_LOG=info start_bg "pullthrough on $PROXY (store $store) ${PT_S3_EXTRA:-} ${PT_ENV:-}" "$PROXY_LOG" \
+        env ${PT_ENV:-} "$BIN" serve --listen "$PROXY" --store "$store" --config "$WORK/pullthrough.toml"
     PROXY_PID=$LAST_PID
     wait_http "http://$PROXY/v2/" "$PROXY_PID" pullthrough
 }
@@ -249,19 +302,20 @@ proxy_stop() {
 
 lines() { wc -l <"$1"; }
 now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$1" "$(now)"; } # since T0: seconds
 
 # pull NAME REF OUTDIR: skopeo copy through the proxy to a dir:, verified; prints the seconds.
 pull() {
-    local ref=$1 out=$2 t0 t1
+    local ref=$1 out=$2 t0 t
     rm -rf "$out"
     t0=$(now)
     sk copy -q --src-tls-verify=false "docker://$ref" "dir:$out" >"$out.log" 2>&1 || {
         cat "$out.log" >&2
         return 1
     }
-    t1=$(now)
+    t=$(since "$t0")
     rm -rf "$out" "$out.log"
-    python3 -c "print(f'{$t1 - $t0:.3f}')"
+    echo "$t"
 }
 
 # Log windows: line counts of the upstream, s3s-fs and proxy logs at a point in time.
@@ -346,31 +400,83 @@ bench_proxy() {
     done
     proxy_stop
 
-    STAGE="$k: two concurrent cold pulls of the big image"
-    "$start"
-    mark
-    local a b
-    sk copy -q --src-tls-verify=false "docker://$PROXY/$BIG_REPO:$BIG_TAG" "dir:$WORK/out/$k.c1" >"$WORK/out/$k.c1.log" 2>&1 &
-    a=$!
-    sk copy -q --src-tls-verify=false "docker://$PROXY/$BIG_REPO:$BIG_TAG" "dir:$WORK/out/$k.c2" >"$WORK/out/$k.c2.log" 2>&1 &
-    b=$!
-    wait "$a" || { cat "$WORK/out/$k.c1.log" >&2; false; }
-    wait "$b" || { cat "$WORK/out/$k.c2.log" >&2; false; }
-    rm -rf "$WORK/out/$k.c1" "$WORK/out/$k.c2"
-    settle
-    window_stats "$k" >"$RES/$k.cold_big_x2.json"
-    proxy_stop
+    local n
+    for n in 2 4; do
+        STAGE="$k: $n concurrent cold pulls of the big image"
+        for rep in $(seq "$REPS"); do concurrent_pulls "$k" "$n" "$rep"; done
+    done
 
-    STAGE="$k: peak RSS while filling the $HUGE_MIB MiB blob"
-    "$start"
-    put "$k.rss_idle_kib" "$(vmhwm "$PROXY_PID")"
+    STAGE="$k: cold pulls of the $HUGE_MIB MiB image, peak RSS while filling it"
+    for rep in $(seq "$REPS"); do
+        "$start"
+        vmhwm "$PROXY_PID" >>"$RES/$k.rss_idle_kib"
+        mark
+        pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/$k" >>"$RES/$k.cold_huge"
+        settle
+        vmhwm "$PROXY_PID" >>"$RES/$k.rss_fill_kib"
+        window_stats "$k" >"$RES/$k.cold_huge.$rep.json"
+        log "$k $HUGE_MIB MiB cold #$rep: $(tail -n 1 "$RES/$k.cold_huge")s, VmHWM $(tail -n 1 "$RES/$k.rss_fill_kib") KiB"
+        proxy_stop
+    done
+
+    STAGE="$k: $READERS concurrent GETs of the cold $HUGE_MIB MiB blob"
+    huge_readers "$k" "$READERS"
+}
+
+# concurrent_pulls KIND N REP: N skopeo copies of the big image at once through a fresh proxy on a
+# fresh store. Appends the wall time until the last of them ended (the slowest client) to
+# $RES/KIND.cold_big_xN; the log window (upstream bytes) to $RES/KIND.cold_big_xN.REP.json.
+concurrent_pulls() {
+    local k=$1 n=$2 rep=$3 i t0 failed=0 pids=()
+    "${k}_start"
     mark
-    t=$(pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/$k")
-    put "$k.cold_huge" "$t"
+    t0=$(now)
+    for i in $(seq "$n"); do
+        sk copy -q --src-tls-verify=false "docker://$PROXY/$BIG_REPO:$BIG_TAG" "dir:$WORK/out/$k.c$i" \
+            >"$WORK/out/$k.c$i.log" 2>&1 &
+        pids+=("$!")
+    done
+    for i in $(seq "$n"); do
+        wait "${pids[i - 1]}" || { cat "$WORK/out/$k.c$i.log" >&2; failed=1; }
+    done
+    ((failed == 0)) || return 1
+    since "$t0" >>"$RES/$k.cold_big_x$n"
+    for i in $(seq "$n"); do rm -rf "$WORK/out/$k.c$i" "$WORK/out/$k.c$i.log"; done
     settle
-    put "$k.rss_fill_kib" "$(vmhwm "$PROXY_PID")"
-    window_stats "$k" >"$RES/$k.cold_huge.json"
-    log "$k $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/$k.rss_fill_kib") KiB"
+    window_stats "$k" >"$RES/$k.cold_big_x$n.$rep.json"
+    log "$k $n concurrent cold pulls of big #$rep: the last ended after $(tail -n 1 "$RES/$k.cold_big_x$n")s"
+    proxy_stop
+}
+
+# huge_readers KIND N: N concurrent GETs of the huge layer's blob (curl, redirects followed, no
+# auth upstream) through a fresh proxy on a fresh store, so all of them arrive while it is cold.
+# Writes the wall time until the last ended ($RES/KIND.cold_huge_xN), the proxy's VmHWM after it
+# settled ($RES/KIND.rss_xN_kib), how many readers did not get a 200 with the whole layer
+# ($RES/KIND.huge_xN_bad) and the log window ($RES/KIND.cold_huge_xN.json).
+huge_readers() {
+    local k=$1 n=$2 i t0 got bad=0 pids=()
+    "${k}_start"
+    mark
+    t0=$(now)
+    for i in $(seq "$n"); do
+        curl -sS -L -o /dev/null --max-time "$CLIENT_TIMEOUT" -w '%{http_code} %{size_download}' \
+            "http://$PROXY/v2/$HUGE_REPO/blobs/$HUGE_LAYER" >"$WORK/out/$k.r$i.txt" 2>&1 &
+        pids+=("$!")
+    done
+    for i in $(seq "$n"); do wait "${pids[i - 1]}" || true; done
+    since "$t0" >"$RES/$k.cold_huge_x$n"
+    for i in $(seq "$n"); do
+        got=$(cat "$WORK/out/$k.r$i.txt")
+        if [[ $got != "200 $HUGE_LAYER_SIZE" ]]; then
+            bad=$((bad + 1))
+            log "$k reader $i of $n: got '$got', wanted '200 $HUGE_LAYER_SIZE'"
+        fi
+    done
+    put "$k.huge_x${n}_bad" "$bad"
+    settle
+    put "$k.rss_x${n}_kib" "$(vmhwm "$PROXY_PID")"
+    window_stats "$k" >"$RES/$k.cold_huge_x$n.json"
+    log "$k $n concurrent GETs of the $HUGE_MIB MiB blob: the last ended after $(cat "$RES/$k.cold_huge_x$n")s, $bad failed, VmHWM $(cat "$RES/$k.rss_x${n}_kib") KiB"
     proxy_stop
 }
 
@@ -381,6 +487,19 @@ for i in $(seq "$WARM_REPS"); do
     pull "$UP/$BIG_REPO:$BIG_TAG" "$WORK/out/direct" >>"$RES/direct.warm_big"
 done
 log "direct from the upstream: manylayers $(paste -sd' ' "$RES/direct.warm_many"), big $(paste -sd' ' "$RES/direct.warm_big")"
+
+# The filesystem store (default settings otherwise): a cold pull of big, against the direct pull.
+STAGE="pt-fs: cold pulls of the big image with the filesystem store"
+for rep in $(seq "$REPS"); do
+    PT_STORE=fs pt_start
+    mark
+    pull "$PROXY/$BIG_REPO:$BIG_TAG" "$WORK/out/pt-fs" >>"$RES/pt-fs.cold_big"
+    settle
+    window_stats pt >"$RES/pt-fs.cold_big.$rep.json"
+    log "pt-fs cold #$rep: big $(tail -n 1 "$RES/pt-fs.cold_big")s"
+    proxy_stop
+    rm -rf "$WORK/fs$RUN_N"
+done
 
 bench_proxy pt
 
@@ -396,28 +515,29 @@ put pt.rss_fill_mmap_kib "$(vmhwm "$PROXY_PID")"
 log "pt (MALLOC_MMAP_THRESHOLD_=1048576) $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt.rss_fill_mmap_kib") KiB"
 proxy_stop
 
-# The same cold pulls with `[s3] stream_misses = true`: the request that starts a fill is streamed
-# the bytes while they upload (one transfer instead of upload-then-redirect).
-STAGE="pt-stream: cold pulls with [s3] stream_misses = true"
+# For context, the same cold pulls with `[s3] stream_misses = false`: the blob is copied into S3
+# completely before its clients get the redirect (two transfers in sequence; the default before
+# fills streamed from a spill file).
+STAGE="pt-redirect: cold pulls with [s3] stream_misses = false"
 for rep in $(seq "$REPS"); do
-    PT_S3_EXTRA="stream_misses = true" pt_start
+    PT_S3_EXTRA="stream_misses = false" pt_start
     mark
-    pull "$PROXY/$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$WORK/out/pt-stream" >>"$RES/pt-stream.cold_many"
+    pull "$PROXY/$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$WORK/out/pt-redirect" >>"$RES/pt-redirect.cold_many"
     settle
-    window_stats pt >"$RES/pt-stream.cold_many.$rep.json"
+    window_stats pt >"$RES/pt-redirect.cold_many.$rep.json"
     mark
-    pull "$PROXY/$BIG_REPO:$BIG_TAG" "$WORK/out/pt-stream" >>"$RES/pt-stream.cold_big"
+    pull "$PROXY/$BIG_REPO:$BIG_TAG" "$WORK/out/pt-redirect" >>"$RES/pt-redirect.cold_big"
     settle
-    window_stats pt >"$RES/pt-stream.cold_big.$rep.json"
-    log "pt-stream cold #$rep: manylayers $(tail -n 1 "$RES/pt-stream.cold_many")s, big $(tail -n 1 "$RES/pt-stream.cold_big")s"
+    window_stats pt >"$RES/pt-redirect.cold_big.$rep.json"
+    log "pt-redirect cold #$rep: manylayers $(tail -n 1 "$RES/pt-redirect.cold_many")s, big $(tail -n 1 "$RES/pt-redirect.cold_big")s"
     proxy_stop
 done
-PT_S3_EXTRA="stream_misses = true" pt_start
-t=$(pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/pt-stream")
+PT_S3_EXTRA="stream_misses = false" pt_start
+t=$(pull "$PROXY/$HUGE_REPO:v1" "$WORK/out/pt-redirect")
 settle
-put pt-stream.cold_huge "$t"
-put pt-stream.rss_fill_kib "$(vmhwm "$PROXY_PID")"
-log "pt-stream $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt-stream.rss_fill_kib") KiB"
+put pt-redirect.cold_huge "$t"
+put pt-redirect.rss_fill_kib "$(vmhwm "$PROXY_PID")"
+log "pt-redirect $HUGE_MIB MiB cold pull ${t}s, VmHWM $(cat "$RES/pt-redirect.rss_fill_kib") KiB"
 proxy_stop
 
 bench_proxy dist
@@ -432,17 +552,5 @@ else
 fi
 
 STAGE="report"
-{
-    echo "# pullthrough benchmark"
-    echo
-    echo "- date: $STARTED_DATE; took $((SECONDS - STARTED_AT)) s"
-    echo "- command: \`bash bench/run.sh\` (BENCH_REPS=$REPS BENCH_WARM_REPS=$WARM_REPS BENCH_REQUESTS=$REQUESTS BENCH_CONCURRENCY=$CONCURRENCY BENCH_HUGE_MIB=$HUGE_MIB)"
-    echo "- commit: $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO_ROOT" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
-    echo "- machine: $(nproc) cores, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(free -h | awk '/^Mem:/ {print $2}') memory ($(free -h | awk '/^Mem:/ {print $7}') available); $(uname -sr)"
-    echo "- versions: pullthrough $(git -C "$REPO_ROOT" describe --always 2>/dev/null), $(docker-registry --version | awk '{print $2, $3}'), s3s-fs $S3FS_VERSION, skopeo $(skopeo --version | awk '{print $3}')"
-    echo
-    python3 "$BENCH_DIR/report.py" "$RES" --huge-mib "$HUGE_MIB" --requests "$REQUESTS" --concurrency "$CONCURRENCY"
-} >"$WORK/report.md"
-cp "$WORK/report.md" "$REPORT"
-cat "$WORK/report.md"
-log "report written to $REPORT"
+write_report
+
