@@ -290,6 +290,15 @@ impl Spill {
             .send_modify(|p| p.end = End::Failed(message.into()));
     }
 
+    /// Fails the spill unless it was completed or failed already: for a fill that stops without
+    /// a verdict (cancelled, panicked), so that no reader waits for bytes that never come.
+    pub fn fail_unless_ended(&self, message: &str) {
+        let ended = matches!(self.progress.borrow().end, End::Complete | End::Failed(_));
+        if !ended {
+            self.fail(message);
+        }
+    }
+
     /// A reader of bytes `first..=last` (the whole blob when `None`), at its own pace.
     pub fn reader(
         self: &Arc<Self>,
@@ -450,5 +459,31 @@ mod tests {
                 assert!(!path.exists(), "a failed spill file is removed at once");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_fill_without_a_verdict_fails_its_readers_instead_of_leaving_them_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path().join("s"), Some(4), None)
+            .await
+            .unwrap();
+        let mut waiting = spill.reader(None, Audience::Client);
+        assert!(waiting.next().now_or_never().is_none());
+        spill.fail_unless_ended("stopped");
+        assert!(waiting.next().await.unwrap().is_err());
+
+        let done = Spill::create(dir.path().join("t"), Some(1), None)
+            .await
+            .unwrap();
+        let body = futures_util::stream::iter([Ok::<_, io::Error>(Bytes::from_static(b"x"))]);
+        done.write_from(body).await.unwrap();
+        done.complete();
+        done.fail_unless_ended("stopped");
+        let mut reader = done.reader(None, Audience::Client);
+        assert_eq!(reader.next().await.unwrap().unwrap(), &b"x"[..]);
+        assert!(
+            reader.next().await.is_none(),
+            "a completed spill stays complete"
+        );
     }
 }

@@ -442,6 +442,8 @@ impl Registry {
             }
         };
         stage.send_replace(FillStage::Spilled(Arc::clone(&spill)));
+        // However this fill stops, its readers learn it (a verdict below makes this a no-op).
+        let _verdict = VerdictGuard(Arc::clone(&spill));
         if adopt {
             let result = async {
                 let size = spill.write_from(verified).await.map_err(spill_error)?;
@@ -487,6 +489,16 @@ impl Registry {
         self.write_marker(target, digest, &Marker::blob(size))
             .await?;
         Ok(size)
+    }
+}
+
+/// Fails a spill left without a verdict when dropped (the fill was cancelled or panicked).
+struct VerdictGuard(Arc<Spill>);
+
+impl Drop for VerdictGuard {
+    fn drop(&mut self) {
+        self.0
+            .fail_unless_ended("the blob fill stopped before its end");
     }
 }
 
