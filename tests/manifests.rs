@@ -700,3 +700,65 @@ async fn warm_requests_stay_within_their_store_budgets() {
         "the cold instance asked the upstream"
     );
 }
+
+/// A hook that panics the first time a single-flight run of `kind` starts for a key containing
+/// `key_part`, and counts the runs it saw.
+fn panic_once(
+    kind: &'static str,
+    key_part: &'static str,
+) -> (
+    pullthrough::cache::FaultHook,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&runs);
+    let hook: pullthrough::cache::FaultHook = std::sync::Arc::new(move |k: &str, key: &str| {
+        if k == kind && key.contains(key_part) && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("injected panic in a {kind} flight for {key}");
+        }
+    });
+    (hook, runs)
+}
+
+#[tokio::test]
+async fn a_panic_in_a_manifest_fetch_or_blob_fill_frees_its_single_flight_slot() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 16);
+    let layer = img.amd64.blob_digests()[1].clone();
+    for (kind, key_part, path, accept) in [
+        (
+            "manifest",
+            ":v1",
+            "/v2/team/app/manifests/v1".to_owned(),
+            Some(DOCKER_CLIENT_ACCEPT),
+        ),
+        (
+            "blob",
+            "@sha256:",
+            format!("/v2/team/app/blobs/{layer}"),
+            None,
+        ),
+    ] {
+        let (hook, runs) = panic_once(kind, key_part);
+        let services = pullthrough::cache::Services {
+            fault_hook: Some(hook),
+            ..Default::default()
+        };
+        let proxy = Proxy::with_services(&local_config(&up.url()), services).await;
+        let first = proxy.get(&path, accept).await;
+        expect_oci_error(first, 500, "UNAVAILABLE").await;
+        // The key is not left blocked: the next request runs the work afresh and succeeds.
+        let next = tokio::time::timeout(Duration::from_secs(10), proxy.get(&path, accept))
+            .await
+            .expect("the request after the panic answers");
+        assert_eq!(next.status(), 200, "{kind}: {path}");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2, "{kind}");
+        let body = body_of(next).await;
+        if kind == "blob" {
+            assert_eq!(sha256(&body), layer);
+        } else {
+            assert_eq!(body, img.index.bytes);
+        }
+    }
+}

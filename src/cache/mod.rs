@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use blobs::BlobAnswer;
 pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy, ServerLease};
 pub use manifests::ManifestAnswer;
+pub use flight::FaultHook;
 pub use relay::RelayAnswer;
 
 use crate::config::Config;
@@ -170,6 +171,10 @@ pub struct Services {
     /// Server mode over S3: the validity and renewal interval of a fill's lease (tests shorten
     /// them).
     pub server_lease: ServerLease,
+    /// Tests only: called with the flight's kind (`"manifest"`, `"blob"`) and key at the start of
+    /// every single-flight run, inside its task, so a test can make one run panic.
+    #[doc(hidden)]
+    pub fault_hook: Option<flight::FaultHook>,
 }
 
 impl Registry {
@@ -214,8 +219,8 @@ impl Registry {
             names,
             tags: TagMemory::default(),
             blob_markers: BlobMarkerMemory::default(),
-            manifest_flights: SingleFlight::default(),
-            blob_flights: SingleFlight::default(),
+            manifest_flights: SingleFlight::new("manifest", services.fault_hook.clone()),
+            blob_flights: SingleFlight::new("blob", services.fault_hook),
             clock,
             fill_policy: services.fill_policy,
             server_lease: services.server_lease,
