@@ -20,9 +20,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
+pub use flight::FaultHook;
 pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy, ServerLease};
 pub use manifests::ManifestAnswer;
-pub use flight::FaultHook;
 pub use relay::RelayAnswer;
 
 use crate::config::Config;
@@ -61,10 +61,10 @@ fn inline_copy(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
-/// An inlined copy, accepted only if it still hashes to its digest.
+/// An inlined copy, accepted only if it still is the manifest its digest names.
 fn verified_inline(copy: Option<&String>, digest: &Digest) -> Option<Bytes> {
     let copy = copy?;
-    (&digest.of_same_algorithm(copy.as_bytes()) == digest).then(|| Bytes::from(copy.clone()))
+    crate::oci::schema1::matches(copy.as_bytes(), digest).then(|| Bytes::from(copy.clone()))
 }
 
 /// The per-repository marker: this repository is known to hold this digest. For manifests it also
