@@ -99,6 +99,16 @@ fn verify_reports_a_blob_whose_bytes_do_not_match_its_name() {
     let blobs = store.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join(good_digest.trim_start_matches("sha256:")), &good).unwrap();
+    // A signed schema1 manifest is named by its JWS payload, not by its bytes.
+    let schema1 =
+        std::fs::read("tests/fixtures/realworld-manifests/real/ci-v2s1-signed.json").unwrap();
+    let payload_digest = manifest_digest(DOCKER_SCHEMA1_SIGNED, &schema1);
+    assert_ne!(payload_digest, sha256(&schema1));
+    std::fs::write(
+        blobs.join(payload_digest.trim_start_matches("sha256:")),
+        &schema1,
+    )
+    .unwrap();
     let (code, out) = verify(&store);
     assert_eq!(code, Some(0), "{out}");
 

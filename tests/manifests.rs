@@ -29,9 +29,9 @@ async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
     let body = body_of(resp).await;
     assert_eq!(body, expected.bytes, "bytes differ from the upstream's");
     assert_eq!(
-        sha256(&body),
+        manifest_digest(&expected.media_type, &body),
         expected.digest,
-        "digest is not sha256 of the body"
+        "digest is not that of the body"
     );
 }
 
@@ -559,14 +559,18 @@ async fn manifests_over_the_size_limit_are_refused_and_not_stored() {
     assert!(proxy.all_files().is_empty());
 }
 
+const SIGNED_SCHEMA1_FILE: &str = "tests/fixtures/realworld-manifests/real/ci-v2s1-signed.json";
+/// Its digest as containers/image computes it (`TestDigest`): sha256 of the JWS payload.
+const SIGNED_SCHEMA1_DIGEST: &str =
+    "sha256:7364fea9d84ee548ab67d4c46c6006289800c98de3fbf8c0a97138dfcc23f000";
+
 #[tokio::test]
 async fn a_schema1_only_client_gets_the_upstream_answer_passed_through() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
-    let bytes = Bytes::from(
-        std::fs::read("tests/fixtures/realworld-manifests/real/ci-v2s1-signed.json").unwrap(),
-    );
-    let schema1 = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    let bytes = Bytes::from(std::fs::read(SIGNED_SCHEMA1_FILE).unwrap());
+    let schema1 = DOCKER_SCHEMA1_SIGNED;
     let digest = up.put_manifest("team/old", schema1, bytes.clone());
+    assert_eq!(digest, SIGNED_SCHEMA1_DIGEST);
     up.tag("team/old", "v1", &digest);
     let proxy = Proxy::start(&up).await;
     let resp = proxy.get("/v2/team/old/manifests/v1", Some(schema1)).await;
@@ -591,8 +595,103 @@ async fn a_schema1_only_client_gets_the_upstream_answer_passed_through() {
     );
     assert!(
         !proxy.root().join("repos/local/team/old/_tags/v1").exists(),
-        "a schema1 answer never moves a tag pointer"
+        "a schema1-only client's answer never moves a tag pointer"
     );
+}
+
+#[tokio::test]
+async fn a_signed_schema1_manifest_is_known_by_its_payload_digest_though_resigned_on_every_get() {
+    // Like distribution: every GET carries a fresh signature, the payload and digest stay.
+    let up = FakeRegistry::start(FakeOptions {
+        resign_schema1: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let original = Bytes::from(std::fs::read(SIGNED_SCHEMA1_FILE).unwrap());
+    for repo in ["team/old", "team/other"] {
+        let digest = up.put_manifest(repo, DOCKER_SCHEMA1_SIGNED, original.clone());
+        assert_eq!(digest, SIGNED_SCHEMA1_DIGEST);
+        up.tag(repo, "v1", &digest);
+    }
+    let proxy = Proxy::start(&up).await;
+    let by_digest = format!("/v2/team/old/manifests/{SIGNED_SCHEMA1_DIGEST}");
+    let check = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "content-type"), Some(DOCKER_SCHEMA1_SIGNED));
+        assert_eq!(
+            header(&resp, "docker-content-digest"),
+            Some(SIGNED_SCHEMA1_DIGEST)
+        );
+        let body = body_of(resp).await;
+        assert_ne!(sha256(&body), SIGNED_SCHEMA1_DIGEST);
+        assert_eq!(
+            manifest_digest(DOCKER_SCHEMA1_SIGNED, &body),
+            SIGNED_SCHEMA1_DIGEST
+        );
+        body
+    };
+
+    // A schema1-only client (old docker, skopeo): by tag, then by the digest it was told.
+    let schema1 = Some(DOCKER_SCHEMA1_SIGNED);
+    let first = check(proxy.get("/v2/team/old/manifests/v1", schema1).await).await;
+    assert_ne!(first, original, "the fake re-signs");
+    up.clear_requests();
+    let again = check(proxy.get(&by_digest, schema1).await).await;
+    assert_eq!(again, first, "by digest: the stored document");
+    let head = proxy.head(&by_digest, schema1).await;
+    assert_eq!(
+        header(&head, "docker-content-digest"),
+        Some(SIGNED_SCHEMA1_DIGEST)
+    );
+    assert!(up.requests().is_empty(), "by digest, from the cache");
+
+    // A modern client gets the same document by tag; the pointer holds within the TTL.
+    check(
+        proxy
+            .get("/v2/team/old/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+    )
+    .await;
+    up.clear_requests();
+    check(
+        proxy
+            .get("/v2/team/old/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
+            .await,
+    )
+    .await;
+    assert!(up.requests().is_empty(), "a warm schema1 tag asks nothing");
+
+    // A fresh instance: the marker's inline copy is accepted by its payload digest.
+    let cold = proxy.sibling(&local_config(&up.url())).await;
+    let resp = cold.get(&by_digest, schema1).await;
+    assert_eq!(store_calls(&resp), 1);
+    check(resp).await;
+    assert!(up.requests().is_empty());
+
+    // Another repository, by digest first: fetched upstream (new signature) and verified by
+    // its payload.
+    let other = format!("/v2/team/other/manifests/{SIGNED_SCHEMA1_DIGEST}");
+    check(proxy.get(&other, schema1).await).await;
+    assert_eq!(up.count_authorized("GET", "/v2/team/other/manifests/"), 1);
+    proxy.assert_store_consistent();
+
+    // The upstream's Docker-Content-Digest is checked against the payload too.
+    let third = FakeRegistry::start(FakeOptions {
+        resign_schema1: true,
+        ..FakeOptions::default()
+    })
+    .await;
+    let d = third.put_manifest("team/old", DOCKER_SCHEMA1_SIGNED, original.clone());
+    third.tag("team/old", "v1", &d);
+    third.add_fault(FaultRule::new(Fault::WrongDigestHeader));
+    let proxy = Proxy::start(&third).await;
+    expect_oci_error(
+        proxy.get("/v2/team/old/manifests/v1", schema1).await,
+        502,
+        "UNAVAILABLE",
+    )
+    .await;
+    assert!(proxy.all_files().is_empty());
 }
 
 #[tokio::test]
@@ -608,7 +707,10 @@ async fn real_world_manifests_come_back_byte_for_byte() {
         let bytes = Bytes::from(std::fs::read(dir.join(d["file"].as_str().unwrap())).unwrap());
         let media_type = d["mediaType"].as_str().unwrap().to_owned();
         let digest = up.put_manifest("fixtures/real", &media_type, bytes.clone());
-        assert_eq!(digest, format!("sha256:{}", d["sha256"].as_str().unwrap()));
+        assert_eq!(
+            sha256(&bytes),
+            format!("sha256:{}", d["sha256"].as_str().unwrap())
+        );
         let tag = d["tag"].as_str().unwrap().to_owned();
         up.tag("fixtures/real", &tag, &digest);
         expected.push((
@@ -699,4 +801,154 @@ async fn warm_requests_stay_within_their_store_budgets() {
         up.requests().is_empty(),
         "the cold instance asked the upstream"
     );
+}
+
+/// A hook that panics the first time a single-flight run of `kind` starts for a key containing
+/// `key_part`, and counts the runs it saw.
+fn panic_once(
+    kind: &'static str,
+    key_part: &'static str,
+) -> (
+    pullthrough::cache::FaultHook,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&runs);
+    let hook: pullthrough::cache::FaultHook = std::sync::Arc::new(move |k: &str, key: &str| {
+        if k == kind && key.contains(key_part) && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("injected panic in a {kind} flight for {key}");
+        }
+    });
+    (hook, runs)
+}
+
+#[tokio::test]
+async fn a_panic_in_a_manifest_fetch_or_blob_fill_frees_its_single_flight_slot() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 16);
+    let layer = img.amd64.blob_digests()[1].clone();
+    for (kind, key_part, path, accept) in [
+        (
+            "manifest",
+            ":v1",
+            "/v2/team/app/manifests/v1".to_owned(),
+            Some(DOCKER_CLIENT_ACCEPT),
+        ),
+        (
+            "blob",
+            "@sha256:",
+            format!("/v2/team/app/blobs/{layer}"),
+            None,
+        ),
+    ] {
+        let (hook, runs) = panic_once(kind, key_part);
+        let services = pullthrough::cache::Services {
+            fault_hook: Some(hook),
+            ..Default::default()
+        };
+        let proxy = Proxy::with_services(&local_config(&up.url()), services).await;
+        let first = proxy.get(&path, accept).await;
+        expect_oci_error(first, 500, "UNAVAILABLE").await;
+        // The key is not left blocked: the next request runs the work afresh and succeeds.
+        let next = tokio::time::timeout(Duration::from_secs(10), proxy.get(&path, accept))
+            .await
+            .expect("the request after the panic answers");
+        assert_eq!(next.status(), 200, "{kind}: {path}");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2, "{kind}");
+        let body = body_of(next).await;
+        if kind == "blob" {
+            assert_eq!(sha256(&body), layer);
+        } else {
+            assert_eq!(body, img.index.bytes);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_layer_digest_on_the_manifests_endpoint_is_manifest_unknown_without_reading_the_layer() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let layer = blob_bytes(17, 8 << 20);
+    let digest = up.put_blob("team/app", layer);
+    let small = up.put_blob(
+        "team/app",
+        Bytes::from_static(b"{\"architecture\":\"amd64\"}"),
+    );
+    for s3 in [false, true] {
+        let proxy = if s3 {
+            Proxy::start_s3(&up).await
+        } else {
+            Proxy::start(&up).await
+        };
+        let client = reqwest::Client::new(); // follows the S3 redirect
+        for d in [&digest, &small] {
+            let resp = client
+                .get(format!("{}/v2/team/app/blobs/{d}", proxy.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(sha256(&resp.bytes().await.unwrap()), *d);
+        }
+        let path = format!("/v2/team/app/manifests/{digest}");
+        let cold = if s3 {
+            proxy
+                .sibling_s3(&format!(
+                    "{}{}",
+                    local_config(&up.url()),
+                    proxy.s3().config_table("")
+                ))
+                .await
+        } else {
+            proxy.sibling(&local_config(&up.url())).await
+        };
+        up.clear_requests();
+        if let Some(s) = &proxy.s3 {
+            s.clear_calls();
+        }
+        // Memory-cached marker (the process that filled it), then a process that reads it once.
+        for (p, marker_reads) in [(&proxy, [0, 0]), (&cold, [1, 0])] {
+            for (method, reads) in [reqwest::Method::HEAD, reqwest::Method::GET]
+                .into_iter()
+                .zip(marker_reads)
+            {
+                let resp = p
+                    .request(method.clone(), &path, Some(DOCKER_CLIENT_ACCEPT))
+                    .await;
+                assert_eq!(store_calls(&resp), reads, "{method} s3={s3}");
+                if method == reqwest::Method::GET {
+                    expect_oci_error(resp, 404, "MANIFEST_UNKNOWN").await;
+                } else {
+                    assert_eq!(resp.status(), 404);
+                }
+            }
+        }
+        assert!(
+            up.requests().is_empty(),
+            "too large to be a manifest: decided here"
+        );
+        if let Some(s) = &proxy.s3 {
+            let hex = digest.trim_start_matches("sha256:");
+            let reads: Vec<_> = s
+                .calls()
+                .into_iter()
+                .filter(|c| c.key.contains(hex) && c.key.contains("blobs/"))
+                .collect();
+            assert!(reads.is_empty(), "the layer object was touched: {reads:?}");
+        }
+        // A blob small enough to be a manifest: the upstream decides (it has no such manifest),
+        // and the stored object is not read either.
+        let resp = cold
+            .get(
+                &format!("/v2/team/app/manifests/{small}"),
+                Some(DOCKER_CLIENT_ACCEPT),
+            )
+            .await;
+        assert!(store_calls(&resp) <= 1, "s3={s3}");
+        expect_oci_error(resp, 404, "MANIFEST_UNKNOWN").await;
+        assert_eq!(
+            up.count_authorized("GET", &format!("/manifests/{small}")),
+            1
+        );
+    }
 }

@@ -174,7 +174,6 @@ async fn hostile_paths_get_400_and_touch_nothing() {
         ("/v2/Team/App/manifests/latest", "NAME_INVALID"),
         ("/v2/team/app/manifests/..", "NAME_INVALID"),
         ("/v2/team/app/manifests/%2e%2e", "NAME_INVALID"),
-        ("/v2/team/app/manifests/.hidden", "MANIFEST_INVALID"),
         ("/v2/team/app/manifests/sha256:../../x", "NAME_INVALID"),
         ("/v2/team/app/manifests/sha256:..", "DIGEST_INVALID"),
         ("/v2/team/app/blobs/sha256:1234", "DIGEST_INVALID"),
@@ -409,4 +408,183 @@ async fn repositories_outside_the_allow_list_are_denied_before_any_call() {
         files_before,
         "a denied request changed the store"
     );
+}
+
+#[tokio::test]
+async fn a_reference_that_is_neither_tag_nor_digest_is_manifest_unknown() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let proxy = Proxy::start(&up).await;
+    for path in [
+        "/v2/team/app/manifests/.INVALID_MANIFEST_NAME",
+        "/v2/team/app/manifests/-x",
+        &format!("/v2/team/app/manifests/{}", "t".repeat(129)),
+    ] {
+        let (status, body) = raw_get(&proxy, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN", "{path}");
+        let head = proxy.head(path, None).await;
+        assert_eq!(head.status(), 404, "HEAD {path}");
+    }
+    // A malformed digest stays a bad request.
+    let (status, body) = raw_get(&proxy, "/v2/team/app/manifests/sha256:xyz").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("DIGEST_INVALID"), "{body}");
+    assert!(
+        up.requests().is_empty(),
+        "an invalid reference reached the upstream"
+    );
+    assert!(proxy.all_files().is_empty());
+}
+
+/// The tags of one `tags/list` answer and its `Link`.
+async fn tags_page(proxy: &Proxy, path: &str) -> (Vec<String>, Option<String>) {
+    let resp = proxy.get(path, None).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    let link = header(&resp, "link").map(str::to_owned);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let tags = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    (tags, link)
+}
+
+/// Follows `Link`s from `path`, returning every page and the links seen.
+async fn tags_pages(proxy: &Proxy, path: &str) -> (Vec<Vec<String>>, Vec<String>) {
+    let (mut pages, mut links) = (Vec::new(), Vec::new());
+    let mut next = Some(path.to_owned());
+    while let Some(p) = next.take() {
+        assert!(pages.len() < 10, "pagination does not end: {links:?}");
+        let (tags, link) = tags_page(proxy, &p).await;
+        pages.push(tags);
+        if let Some(l) = link {
+            let url = l
+                .split_once('<')
+                .unwrap()
+                .1
+                .split_once('>')
+                .unwrap()
+                .0
+                .to_owned();
+            links.push(l);
+            next = Some(url);
+        }
+    }
+    (pages, links)
+}
+
+#[tokio::test]
+async fn tags_list_is_sorted_and_paged_by_the_proxy_whatever_the_upstream_does_with_n_and_last() {
+    let sorted = ["V2", "a", "b", "c", "v10"];
+    for paging in [
+        TagsPaging::IgnoreLast,
+        TagsPaging::Always(2),
+        TagsPaging::Honour,
+    ] {
+        let up = FakeRegistry::start(FakeOptions {
+            tags_paging: paging,
+            ..FakeOptions::default()
+        })
+        .await;
+        let img = push_oci_image(&up, "team/app", "amd64", 1, 90);
+        for t in ["v10", "b", "a", "V2", "c"] {
+            up.tag("team/app", t, &img.digest);
+        }
+        let proxy = Proxy::start(&up).await;
+        let (all, links) = tags_pages(&proxy, "/v2/team/app/tags/list").await;
+        assert_eq!(
+            all,
+            vec![sorted.to_vec()],
+            "{paging:?}: the whole list, one page"
+        );
+        assert!(links.is_empty());
+
+        let (pages, links) = tags_pages(&proxy, "/v2/team/app/tags/list?n=2").await;
+        assert_eq!(
+            pages,
+            vec![vec!["V2", "a"], vec!["b", "c"], vec!["v10"]],
+            "{paging:?}"
+        );
+        assert_eq!(
+            links,
+            [
+                "</v2/team/app/tags/list?n=2&last=a>; rel=\"next\"",
+                "</v2/team/app/tags/list?n=2&last=c>; rel=\"next\"",
+            ]
+        );
+        assert_eq!(
+            tags_page(&proxy, "/v2/team/app/tags/list?last=b").await,
+            (vec!["c".to_owned(), "v10".to_owned()], None)
+        );
+        assert_eq!(
+            tags_page(&proxy, "/v2/team/app/tags/list?n=0").await,
+            (vec![], None)
+        );
+        let (_, link) = tags_page(&proxy, "/v2/team/app/tags/list?n=4&ns=local").await;
+        assert_eq!(
+            link.as_deref(),
+            Some("</v2/team/app/tags/list?n=4&last=c&ns=local>; rel=\"next\"")
+        );
+
+        // The upstream gone, the tags the cache knows follow the same rules.
+        for t in ["c", "V2", "a"] {
+            let resp = proxy
+                .get(&format!("/v2/team/app/manifests/{t}"), None)
+                .await;
+            assert_eq!(resp.status(), 200);
+        }
+        up.add_fault(FaultRule::new(Fault::Status(503)).path("/tags/list"));
+        let (pages, links) = tags_pages(&proxy, "/v2/team/app/tags/list?n=2").await;
+        assert_eq!(pages, vec![vec!["V2", "a"], vec!["c"]]);
+        assert_eq!(links, ["</v2/team/app/tags/list?n=2&last=a>; rel=\"next\""]);
+    }
+}
+
+#[tokio::test]
+async fn referrers_pages_link_to_the_referrers_path() {
+    let up = FakeRegistry::start(FakeOptions {
+        referrers_page_size: Some(2),
+        ..FakeOptions::default()
+    })
+    .await;
+    let img = push_oci_index(&up, "team/app", "v1", 95);
+    let mut expected: Vec<String> = (0..3)
+        .map(|i| push_artifact_with_subject(&up, "team/app", &img.amd64, 96 + i).digest)
+        .collect();
+    let proxy = Proxy::start(&up).await;
+    let base = format!("/v2/team/app/referrers/{}", img.amd64.digest);
+    let mut next = Some(base.clone());
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        assert!(pages <= 3, "pagination does not end");
+        let resp = proxy.get(&path, None).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        if let Some(l) = header(&resp, "link") {
+            let url = l.split_once('<').unwrap().1.split_once('>').unwrap().0;
+            assert!(
+                url.starts_with(&format!("{base}?")),
+                "a referrers page links elsewhere: {l}"
+            );
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+            next = Some(url.to_owned());
+        }
+        let v: serde_json::Value = resp.json().await.unwrap();
+        for m in v["manifests"].as_array().unwrap() {
+            seen.push(m["digest"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(pages, 2);
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+    // The first page again, now from the cache: the same link.
+    up.clear_requests();
+    let resp = proxy.get(&base, None).await;
+    assert!(header(&resp, "link").is_some_and(|l| l.contains("/referrers/")));
+    assert!(up.requests().is_empty());
 }

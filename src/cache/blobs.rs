@@ -304,19 +304,23 @@ impl Registry {
         let digest = digest.clone();
         self.blob_flights.start(flight_key.clone(), move || {
             // Registered before the flight is visible to others, so a joiner finds it.
-            let stage = streamed.then(|| {
+            // The entry goes with the work's future, even one dropped before it ran (a panic).
+            let (stage, entry) = if streamed {
                 let (tx, rx) = watch::channel(FillStage::Pending);
                 this.fill_stages
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(flight_key.clone(), rx);
-                tx
-            });
-            async move {
-                let _entry = stage.is_some().then(|| StageEntry {
+                let entry = StageEntry {
                     registry: Arc::clone(&this),
                     key: flight_key,
-                });
+                };
+                (Some(tx), Some(entry))
+            } else {
+                (None, None)
+            };
+            async move {
+                let _entry = entry;
                 if this.leases_server_fills() {
                     this.leased_copy(&target, &digest, stage).await
                 } else {

@@ -1,9 +1,12 @@
 //! Single-flight: concurrent callers asking for the same key share one run of the work.
 //!
 //! The work runs in its own task, so a caller that goes away (client disconnect) does not cancel
-//! it for the others; its result, success or error, is handed to every caller waiting then.
+//! it for the others; its result, success or error, is handed to every caller waiting then. The
+//! slot is freed by a guard when the task ends in any way, a panic included: a panic costs the
+//! callers of that one run a 500, never the key for the life of the process.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -15,23 +18,32 @@ use crate::error::{Code, Error};
 
 pub type SharedResult<V> = Shared<BoxFuture<'static, Result<V, Error>>>;
 
-pub struct SingleFlight<K, V: Clone> {
-    running: Arc<Mutex<HashMap<K, SharedResult<V>>>>,
-}
+/// A test-only fault injector, called with the flight's kind (`"manifest"`, `"blob"`) and key at
+/// the start of every run, inside its task (see [`super::Services::fault_hook`]).
+pub type FaultHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
-impl<K, V: Clone> Default for SingleFlight<K, V> {
-    fn default() -> Self {
-        SingleFlight {
-            running: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
+type Slots<K, V> = Arc<Mutex<HashMap<K, SharedResult<V>>>>;
+
+pub struct SingleFlight<K, V: Clone> {
+    running: Slots<K, V>,
+    /// What this flight runs (`"manifest"`, `"blob"`), for the fault hook.
+    kind: &'static str,
+    hook: Option<FaultHook>,
 }
 
 impl<K, V> SingleFlight<K, V>
 where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
+    K: Eq + Hash + Clone + Display + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    pub fn new(kind: &'static str, hook: Option<FaultHook>) -> Self {
+        SingleFlight {
+            running: Arc::new(Mutex::new(HashMap::new())),
+            kind,
+            hook,
+        }
+    }
+
     /// Runs `work` unless a run for `key` is in progress, in which case waits for that one.
     pub async fn run<F>(&self, key: K, work: F) -> Result<V, Error>
     where
@@ -51,13 +63,19 @@ where
             return (false, existing.clone());
         }
         let work = make();
-        let map = Arc::clone(&self.running);
-        let k = key.clone();
+        let slot = Slot {
+            map: Arc::clone(&self.running),
+            key: key.clone(),
+        };
+        let hook = self.hook.clone().map(|h| (h, self.kind, key.to_string()));
         let task = tokio::spawn(async move {
-            let result = work.await;
-            // Done: later callers start afresh (and find the result in the store).
-            map.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
-            result
+            // Done, or unwinding from a panic: later callers start afresh (and find the result
+            // in the store).
+            let _slot = slot;
+            if let Some((hook, kind, key)) = hook {
+                hook(kind, &key);
+            }
+            work.await
         });
         let fut: BoxFuture<'static, Result<V, Error>> = async move {
             task.await.unwrap_or_else(|e| {
@@ -72,5 +90,20 @@ where
         let shared = fut.shared();
         running.insert(key, shared.clone());
         (true, shared)
+    }
+}
+
+/// Frees a key's slot when its task ends, however it ends.
+struct Slot<K: Eq + Hash, V: Clone> {
+    map: Slots<K, V>,
+    key: K,
+}
+
+impl<K: Eq + Hash, V: Clone> Drop for Slot<K, V> {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }

@@ -8,7 +8,9 @@ use bytes::Bytes;
 
 use super::{Marker, Registry, TagPointer, Target, inline_copy, verified_inline};
 use crate::error::{Code, Error, Wanted};
+use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, ClientAccept};
+use crate::oci::schema1;
 use crate::oci::{Digest, Reference, Tag};
 use crate::store::keys;
 use crate::upstream::UpstreamError;
@@ -186,17 +188,17 @@ impl Registry {
                 let answer = this
                     .fetch_and_store(&target, tag.as_str(), &upstream_accept, None)
                     .await?;
-                if !media::is_schema1(&answer.media_type) {
-                    let pointer = TagPointer {
-                        digest: answer.digest.to_string(),
-                        media_type: answer.media_type.clone(),
-                        size: answer.bytes.len() as u64,
-                        checked_at: this.clock.now_ms(),
-                        manifest: inline_copy(&answer.bytes),
-                    };
-                    this.write_json(&key, &pointer).await?;
-                    this.tags.insert(key.as_str(), pointer);
-                }
+                // Asked with every modern type, the upstream answered this document: it is the
+                // tag's, schema1 included (an old image with nothing else; its digest is stable).
+                let pointer = TagPointer {
+                    digest: answer.digest.to_string(),
+                    media_type: answer.media_type.clone(),
+                    size: answer.bytes.len() as u64,
+                    checked_at: this.clock.now_ms(),
+                    manifest: inline_copy(&answer.bytes),
+                };
+                this.write_json(&key, &pointer).await?;
+                this.tags.insert(key.as_str(), pointer);
                 Ok(answer)
             })
             .await
@@ -257,6 +259,17 @@ impl Registry {
         let Some(marker) = self.read_marker(target, digest).await? else {
             return Ok(None);
         };
+        // Decided from the marker alone, before anything is read: a layer's digest asked for
+        // here must not load the layer. Only manifests get a marker with a media type; a blob
+        // marker small enough to be a manifest (one fetched through the blobs endpoint) leaves
+        // the answer to the upstream's fetch by digest.
+        let limit = self.config.max_manifest_size;
+        if marker.size > limit {
+            return Err(not_a_manifest(digest, marker.size, limit));
+        }
+        let Some(media_type) = marker.media_type else {
+            return Ok(None);
+        };
         let bytes = match verified_inline(marker.manifest.as_ref(), digest) {
             Some(b) => b,
             None => match self.store.get(&keys::blob(digest)).await? {
@@ -264,9 +277,6 @@ impl Registry {
                 None => return Ok(None),
             },
         };
-        let media_type = marker
-            .media_type
-            .unwrap_or_else(|| media::manifest_media_type(None, &bytes));
         self.manifests
             .insert(&scoped, digest, bytes.clone(), &media_type);
         Ok(Some(ManifestAnswer {
@@ -298,21 +308,32 @@ impl Registry {
             .map_err(|e| Error::from_upstream(e, Wanted::Manifest))?;
         let media_type =
             media::manifest_media_type(fetched.content_type.as_deref(), &fetched.bytes);
+        // A manifest's digest is the hash of its bytes, or for signed schema1 of its JWS payload
+        // (its signatures change on every GET; the payload and its digest do not).
+        let digest_of = |algorithm| {
+            schema1::manifest_digest(&fetched.bytes, algorithm).ok_or_else(|| {
+                Error::new(
+                    axum::http::StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!(
+                        "{} sent a signed schema1 manifest whose JWS payload cannot be recovered; nothing stored",
+                        target.alias()
+                    ),
+                )
+            })
+        };
         let digest = match expected {
             Some(d) => {
-                let actual = d.of_same_algorithm(&fetched.bytes);
+                let actual = digest_of(d.algorithm())?;
                 if &actual != d {
                     return Err(mismatch(target, d, &actual));
                 }
                 d.clone()
             }
-            None => Digest::sha256_of(&fetched.bytes),
+            None => digest_of(Algorithm::Sha256)?,
         };
-        // The upstream's own claim must match the bytes too. Signed schema1 is the exception: its
-        // header names the digest of the payload without signatures, not of the bytes sent.
-        if let Some(header) = fetched.digest_header.as_deref().map(str::trim)
-            && !media::is_schema1(&media_type)
-        {
+        // The upstream's own claim must match too.
+        if let Some(header) = fetched.digest_header.as_deref().map(str::trim) {
             let claimed = Digest::parse(header).map_err(|_| {
                 Error::new(
                     axum::http::StatusCode::BAD_GATEWAY,
@@ -323,7 +344,7 @@ impl Registry {
                     ),
                 )
             })?;
-            let actual = claimed.of_same_algorithm(&fetched.bytes);
+            let actual = digest_of(claimed.algorithm())?;
             if claimed != actual {
                 return Err(mismatch(target, &claimed, &actual));
             }
@@ -405,6 +426,15 @@ impl Registry {
             ),
         ))
     }
+}
+
+fn not_a_manifest(digest: &Digest, size: u64, limit: u64) -> Error {
+    Error::not_found(
+        Code::ManifestUnknown,
+        format!(
+            "{digest} is not a manifest: it is {size} bytes, over the {limit}-byte manifest limit"
+        ),
+    )
 }
 
 fn mismatch(target: &Target, expected: &Digest, actual: &Digest) -> Error {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
+pub use flight::FaultHook;
 pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy, ServerLease};
 pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
@@ -60,10 +61,10 @@ fn inline_copy(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
-/// An inlined copy, accepted only if it still hashes to its digest.
+/// An inlined copy, accepted only if it still is the manifest its digest names.
 fn verified_inline(copy: Option<&String>, digest: &Digest) -> Option<Bytes> {
     let copy = copy?;
-    (&digest.of_same_algorithm(copy.as_bytes()) == digest).then(|| Bytes::from(copy.clone()))
+    crate::oci::schema1::matches(copy.as_bytes(), digest).then(|| Bytes::from(copy.clone()))
 }
 
 /// The per-repository marker: this repository is known to hold this digest. For manifests it also
@@ -175,6 +176,10 @@ pub struct Services {
     /// Server mode over S3: the validity and renewal interval of a fill's lease (tests shorten
     /// them).
     pub server_lease: ServerLease,
+    /// Tests only: called with the flight's kind (`"manifest"`, `"blob"`) and key at the start of
+    /// every single-flight run, inside its task, so a test can make one run panic.
+    #[doc(hidden)]
+    pub fault_hook: Option<flight::FaultHook>,
 }
 
 impl Registry {
@@ -242,8 +247,8 @@ impl Registry {
             names,
             tags: TagMemory::default(),
             blob_markers: BlobMarkerMemory::default(),
-            manifest_flights: SingleFlight::default(),
-            blob_flights: SingleFlight::default(),
+            manifest_flights: SingleFlight::new("manifest", services.fault_hook.clone()),
+            blob_flights: SingleFlight::new("blob", services.fault_hook),
             clock,
             fill_policy: services.fill_policy,
             server_lease: services.server_lease,

@@ -279,7 +279,9 @@ struct Query {
     ns: Option<String>,
     n: Option<u32>,
     last: Option<String>,
-    artifact_type: Option<String>,
+    /// Every parameter but `ns`, re-encoded, for the upstream (referrers: `artifactType` and the
+    /// upstream's own paging); `None` when there are none.
+    upstream: Option<String>,
 }
 
 fn parse_query(raw: Option<&str>) -> Result<Query, Error> {
@@ -287,7 +289,7 @@ fn parse_query(raw: Option<&str>) -> Result<Query, Error> {
         ns: None,
         n: None,
         last: None,
-        artifact_type: None,
+        upstream: None,
     };
     let Some(raw) = raw else { return Ok(q) };
     if raw.len() > MAX_QUERY_LEN {
@@ -296,7 +298,13 @@ fn parse_query(raw: Option<&str>) -> Result<Query, Error> {
             "query string too long",
         ));
     }
+    let mut upstream = url::form_urlencoded::Serializer::new(String::new());
+    let mut forwarded = false;
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if k != "ns" {
+            upstream.append_pair(&k, &v);
+            forwarded = true;
+        }
         match k.as_ref() {
             "ns" => q.ns = Some(v.into_owned()),
             "n" => {
@@ -305,10 +313,10 @@ fn parse_query(raw: Option<&str>) -> Result<Query, Error> {
                 })?)
             }
             "last" => q.last = Some(v.into_owned()),
-            "artifactType" => q.artifact_type = Some(v.into_owned()),
             _ => {}
         }
     }
+    q.upstream = forwarded.then(|| upstream.finish());
     Ok(q)
 }
 
@@ -407,7 +415,7 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
             let target = registry.resolve(&name, ns)?;
             relay_response(
                 registry
-                    .referrers(&target, &digest, query.artifact_type.as_deref())
+                    .referrers(&target, &digest, query.upstream.as_deref(), ns)
                     .await?,
                 head,
             )

@@ -49,13 +49,15 @@ pub fn parse(rest: &str) -> Result<Endpoint, Error> {
         match segs[n - 2] {
             "manifests" => {
                 let name = name(n - 2)?;
+                // Something that is neither tag nor digest names no manifest: 404, as the OCI
+                // conformance suites expect (`.INVALID_MANIFEST_NAME`). A malformed digest is
+                // a bad request.
                 let reference = Reference::parse(last).map_err(|e| {
-                    let code = if last.contains(':') {
-                        Code::DigestInvalid
+                    if last.contains(':') {
+                        Error::bad_request(Code::DigestInvalid, e.to_string())
                     } else {
-                        Code::ManifestInvalid
-                    };
-                    Error::bad_request(code, e.to_string())
+                        Error::not_found(Code::ManifestUnknown, format!("manifest unknown: {e}"))
+                    }
                 })?;
                 return Ok(Endpoint::Manifest(name, reference));
             }
@@ -119,7 +121,12 @@ mod tests {
         assert_eq!(code("/abs/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("Upper/manifests/latest"), "NAME_INVALID");
         assert_eq!(code("a/manifests/.."), "NAME_INVALID");
-        assert_eq!(code("a/manifests/.x"), "MANIFEST_INVALID");
+        assert_eq!(code("a/manifests/.x"), "MANIFEST_UNKNOWN");
+        assert_eq!(
+            code("a/manifests/.INVALID_MANIFEST_NAME"),
+            "MANIFEST_UNKNOWN"
+        );
+        assert_eq!(parse("a/manifests/.x").unwrap_err().status.as_u16(), 404);
         assert_eq!(code("a/manifests/sha256:abc"), "DIGEST_INVALID");
         assert_eq!(code("a/blobs/latest"), "DIGEST_INVALID");
         assert_eq!(code("a/referrers/sha256:zz"), "DIGEST_INVALID");

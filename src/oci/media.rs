@@ -117,6 +117,8 @@ pub struct ManifestFields {
     #[serde(default)]
     pub media_type: Option<String>,
     #[serde(default)]
+    pub schema_version: Option<i64>,
+    #[serde(default)]
     pub manifests: Vec<Descriptor>,
 }
 
@@ -158,6 +160,14 @@ pub fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> String {
     let fields: ManifestFields = serde_json::from_slice(body).unwrap_or_default();
     if let Some(mt) = fields.media_type.filter(|m| is_token(m)) {
         return mt;
+    }
+    if fields.schema_version == Some(1) {
+        // Schema1 has no `mediaType` field; registries may send it as `application/json`.
+        return if super::schema1::is_signed(body) {
+            DOCKER_SCHEMA1_SIGNED.to_owned()
+        } else {
+            DOCKER_SCHEMA1.to_owned()
+        };
     }
     if !fields.manifests.is_empty() {
         OCI_INDEX.to_owned()
@@ -255,6 +265,17 @@ mod tests {
             OCI_INDEX
         );
         assert_eq!(manifest_media_type(None, b"{}"), OCI_MANIFEST);
+        assert_eq!(
+            manifest_media_type(
+                Some("application/json"),
+                br#"{"schemaVersion":1,"signatures":[{}]}"#
+            ),
+            DOCKER_SCHEMA1_SIGNED
+        );
+        assert_eq!(
+            manifest_media_type(None, br#"{"schemaVersion":1}"#),
+            DOCKER_SCHEMA1
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod digest;
 pub mod media;
 pub mod name;
+pub mod schema1;
 
 pub use digest::{Digest, FillError, VerifyingStream};
 pub use media::ClientAccept;

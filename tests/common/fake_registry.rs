@@ -40,6 +40,7 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const IN_TOTO: &str = "application/vnd.in-toto+json";
@@ -48,6 +49,49 @@ pub const SBOM_ARTIFACT: &str = "application/vnd.example.sbom.v1+json";
 /// `"sha256:<hex>"` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The digest distribution gives a manifest: sha256 of its bytes, except for signed schema1,
+/// whose digest is that of its JWS payload (the first `formatLength` bytes of the document
+/// followed by `formatTail`, both from the first signature's protected header).
+pub fn manifest_digest(media_type: &str, bytes: &[u8]) -> String {
+    if media_type == DOCKER_SCHEMA1_SIGNED
+        && let Some(payload) = schema1_payload(bytes)
+    {
+        return sha256_digest(&payload);
+    }
+    sha256_digest(bytes)
+}
+
+fn schema1_payload(bytes: &[u8]) -> Option<Vec<u8>> {
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let protected = b64
+        .decode(doc["signatures"][0]["protected"].as_str()?)
+        .ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&protected).ok()?;
+    let length = usize::try_from(header["formatLength"].as_u64()?).ok()?;
+    let tail = b64.decode(header["formatTail"].as_str()?).ok()?;
+    Some([bytes.get(..length)?, &tail].concat())
+}
+
+/// `doc` with its first signature value replaced by one derived from `n`: what distribution
+/// does on every GET of a signed schema1 manifest (new bytes, same payload and digest).
+pub fn resign_schema1(doc: &[u8], n: u64) -> Bytes {
+    let text = String::from_utf8_lossy(doc);
+    let Some(start) = text.find("\"signature\": \"").map(|i| i + 14) else {
+        return Bytes::copy_from_slice(doc);
+    };
+    let Some(len) = text[start..].find('"') else {
+        return Bytes::copy_from_slice(doc);
+    };
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(format!("signature {n}").as_bytes()));
+    Bytes::from(format!(
+        "{}{signature}{}",
+        &text[..start],
+        &text[start + len..]
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -77,6 +121,28 @@ pub struct FakeOptions {
     pub hub_accept_quirk: bool,
     /// Default false: blob GETs answer 307 to a second "CDN" listener.
     pub blob_redirect: bool,
+    /// Default false: like distribution, every GET of a signed schema1 manifest carries a fresh
+    /// signature (other bytes, same payload and digest).
+    pub resign_schema1: bool,
+    /// How `tags/list` pages. Default: honours `n` and `last`.
+    pub tags_paging: TagsPaging,
+    /// Default `None`: referrers answered in one document. `Some(k)`: pages of at most `k`
+    /// (or `n`) descriptors, continued with `last=<digest>` named by a `Link` header.
+    pub referrers_page_size: Option<usize>,
+}
+
+/// How the fake pages `tags/list`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TagsPaging {
+    /// `n` and `last` as the distribution spec says, with a `Link` when more follow.
+    #[default]
+    Honour,
+    /// Honours `n` (with a `Link`) but ignores `last`, like distribution 2.8 behind the e2e
+    /// tests: every page starts at the first tag.
+    IgnoreLast,
+    /// Pages of at most this many tags even without `n`, continued by `Link` (like registries
+    /// with a default page size).
+    Always(usize),
 }
 
 impl Default for FakeOptions {
@@ -85,6 +151,9 @@ impl Default for FakeOptions {
             auth: FakeAuth::Bearer,
             hub_accept_quirk: true,
             blob_redirect: false,
+            resign_schema1: false,
+            tags_paging: TagsPaging::Honour,
+            referrers_page_size: None,
         }
     }
 }
@@ -293,7 +362,7 @@ impl FakeRegistry {
 
     /// Store a manifest by digest in `repo`; returns its digest.
     pub fn put_manifest(&self, repo: &str, media_type: &str, bytes: Bytes) -> String {
-        let digest = sha256_digest(&bytes);
+        let digest = manifest_digest(media_type, &bytes);
         let mut st = self.shared.lock();
         let r = st.repos.entry(repo.to_string()).or_default();
         if !r.manifests.contains_key(&digest) {
@@ -1222,6 +1291,11 @@ fn manifest(shared: &Shared, req: &ReqInfo, repo: &str, reference: &str) -> Repl
             );
         }
     }
+    let bytes = if shared.opts.resign_schema1 && media_type == DOCKER_SCHEMA1_SIGNED {
+        resign_schema1(&bytes, shared.token_counter.fetch_add(1, Ordering::Relaxed))
+    } else {
+        bytes
+    };
     Reply::new(200)
         .header("content-type", media_type)
         .header("docker-content-digest", digest)
@@ -1293,11 +1367,19 @@ fn tags(shared: &Shared, req: &ReqInfo, repo: &str) -> Reply {
         }
     };
     let q = parse_query(req.query.as_deref());
-    let last = q.iter().find(|(k, _)| k == "last").map(|(_, v)| v.clone());
+    let last = q
+        .iter()
+        .find(|(k, _)| k == "last")
+        .map(|(_, v)| v.clone())
+        .filter(|_| shared.opts.tags_paging != TagsPaging::IgnoreLast);
     let n = q
         .iter()
         .find(|(k, _)| k == "n")
         .and_then(|(_, v)| v.parse::<usize>().ok());
+    let n = match shared.opts.tags_paging {
+        TagsPaging::Always(k) => Some(n.unwrap_or(k).min(k)),
+        _ => n,
+    };
     let after: Vec<String> = all
         .into_iter()
         .filter(|t| last.as_ref().is_none_or(|l| t.as_str() > l.as_str()))
@@ -1360,6 +1442,27 @@ fn referrers(shared: &Shared, req: &ReqInfo, repo: &str, subject: &str) -> Reply
             }
         }
     }
+    let mut link = None;
+    if let Some(size) = shared.opts.referrers_page_size {
+        let q = parse_query(req.query.as_deref());
+        let size = q
+            .iter()
+            .find(|(k, _)| k == "n")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(size)
+            .max(1);
+        if let Some((_, last)) = q.iter().find(|(k, _)| k == "last") {
+            let at = manifests.iter().position(|d| d["digest"] == last.as_str());
+            manifests.drain(..at.map_or(0, |i| i + 1));
+        }
+        if manifests.len() > size {
+            manifests.truncate(size);
+            let last = manifests[size - 1]["digest"].as_str().unwrap_or_default();
+            link = Some(format!(
+                "</v2/{repo}/referrers/{subject}?n={size}&last={last}>; rel=\"next\""
+            ));
+        }
+    }
     let body = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -1368,6 +1471,9 @@ fn referrers(shared: &Shared, req: &ReqInfo, repo: &str, subject: &str) -> Reply
     let mut reply = Reply::new(200)
         .header("content-type", OCI_INDEX)
         .body(serde_json::to_vec(&body).expect("serialize json"));
+    if let Some(l) = link {
+        reply = reply.header("link", l);
+    }
     if filter.is_some() {
         reply = reply.header("oci-filters-applied", "artifactType");
     }
