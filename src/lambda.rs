@@ -66,9 +66,9 @@ impl Function {
             );
         }
         let store = crate::open_store(&config).await?;
-        let api = crate::aws_api(&config).await?;
-        let secrets = crate::aws::SecretsManager::new(Arc::clone(&api))?;
-        let invoker = crate::aws::LambdaInvoker::new(api, function_name)?;
+        let sdk = crate::aws_sdk_config(&config).await?;
+        let secrets = crate::aws::SecretsManager::new(&sdk);
+        let invoker = crate::aws::LambdaInvoker::new(&sdk, function_name);
         let services = Services {
             secrets: Some(Arc::new(secrets)),
             fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),

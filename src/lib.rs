@@ -16,7 +16,7 @@
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //! - [`lambda`]: Lambda mode: API Gateway / function URL events into the same router, and the
 //!   `{"fill": …}` events of asynchronous blob copies.
-//! - [`aws`]: the SigV4-signed Lambda `Invoke` and Secrets Manager `GetSecretValue` calls.
+//! - [`aws`]: the Lambda `Invoke` and Secrets Manager `GetSecretValue` calls (SDK clients).
 //!
 //! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
@@ -104,20 +104,20 @@ pub fn build(
     Ok((http::router(Arc::clone(&registry), auth), registry))
 }
 
-/// The client for the signed AWS calls (Secrets Manager, Lambda `Invoke`), with the credential
-/// chain and region of the S3 client (`[s3] region`, environment, profile). No network I/O.
-pub async fn aws_api(config: &Config) -> Result<Arc<aws::AwsApi>, String> {
+/// The SDK configuration of the Secrets Manager and Lambda clients: the S3 client's (`[s3]
+/// region` and `max_attempts`, `AWS_CA_BUNDLE`, credential chain, endpoint variables), so all
+/// AWS calls trust the same CAs and retry alike. No network I/O.
+pub async fn aws_sdk_config(config: &Config) -> Result<aws_types::SdkConfig, String> {
     let ca_bundle = std::env::var_os("AWS_CA_BUNDLE")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
-    let sdk = store::s3::load_sdk_config(
+    store::s3::load_sdk_config(
         config.s3.region.as_deref(),
         ca_bundle.as_deref(),
         None,
         config.s3.max_attempts,
     )
-    .await?;
-    aws::AwsApi::new(&sdk).map(Arc::new)
+    .await
 }
 
 /// The services of the server: a Secrets Manager reader when an upstream has a `secret_arn` or
@@ -127,8 +127,8 @@ pub async fn server_services(config: &Config) -> Result<Services, String> {
     if config.upstreams.iter().any(|u| u.secret_arn.is_some())
         || matches!(config.auth, config::ClientAuthSetting::Secret { .. })
     {
-        let api = aws_api(config).await?;
-        services.secrets = Some(Arc::new(aws::SecretsManager::new(api)?));
+        let sdk = aws_sdk_config(config).await?;
+        services.secrets = Some(Arc::new(aws::SecretsManager::new(&sdk)));
     }
     Ok(services)
 }

@@ -488,6 +488,27 @@ async fn a_rotated_secret_takes_effect_after_the_refresh_interval() {
 }
 
 #[tokio::test]
+async fn a_transient_secrets_manager_failure_is_retried() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "s3cret")]));
+    // Two 503s, then the secret: the SDK's retries get it within the one request.
+    aws.fail_next_requests(2);
+    let proxy = proxy_with_secret(&up, &aws, "").await;
+    assert_eq!(
+        status_with(&proxy, "/v2/", &basic("alice", "s3cret")).await,
+        200
+    );
+    let calls = aws.calls();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.op == "GetSecretValue" && c.signature_ok)
+    );
+}
+
+#[tokio::test]
 async fn a_failed_refresh_keeps_the_last_good_users() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     push_oci_index(&up, "team/app", "v1", 96);
@@ -501,8 +522,9 @@ async fn a_failed_refresh_keeps_the_last_good_users() {
     );
     let token = token_for(&proxy, "alice", "s3cret").await;
 
-    // Secrets Manager fails once the default interval (5 minutes) has passed.
-    aws.fail_secret_reads_with(Some(500));
+    // Secrets Manager fails once the default interval (5 minutes) has passed (a 4xx error: not
+    // retried, so each refresh is one request).
+    aws.fail_secret_reads_with(Some(400));
     proxy.advance(Duration::from_secs(301));
     assert_eq!(
         status_with(&proxy, path, &basic("alice", "s3cret")).await,
@@ -680,13 +702,14 @@ async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
         assert!(!log.contains(leak), "{leak:?} logged:\n{log}");
     }
 
-    // A good secret: the binary lets alice in, and still logs none of it.
+    // A good secret: the binary lets alice in, and still logs none of it, even at trace level
+    // (where the SDK logs each answer it receives).
     let aws2 = FakeAws::start().await;
     aws2.put_secret(USERS_ARN, &good);
     let (mut server, log) = ServerProcess::start_logged(
         &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
         &[
-            ("RUST_LOG", "debug"),
+            ("RUST_LOG", "trace"),
             ("AWS_REGION", s3::REGION),
             ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
@@ -712,7 +735,8 @@ async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
     server.kill();
     let log = log.join().unwrap();
     assert!(
-        log.contains("client users read from Secrets Manager"),
+        log.contains("client users read from Secrets Manager")
+            && log.contains("received response from service"),
         "{log}"
     );
     for leak in [password, alice_hash.as_str(), &alice_hash[7..29]] {

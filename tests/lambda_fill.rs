@@ -330,6 +330,34 @@ async fn a_failed_hand_off_releases_the_lease_so_a_retry_starts_over() {
 }
 
 #[tokio::test]
+async fn a_transient_invoke_failure_is_retried_and_the_hand_off_succeeds() {
+    let s = Setup::new(FakeOptions::default()).await;
+    let d = s.up.put_blob("team/app", blob_bytes(67, 50_000));
+    s.up.add_fault(
+        FaultRule::new(Fault::Stall(Duration::from_secs(3)))
+            .method("GET")
+            .path("/blobs/")
+            .times(1),
+    );
+    // Lambda answers 503 twice, then queues the event: the SDK's retries get it through.
+    s.aws.fail_next_requests(2);
+    let a = s.instance().await;
+    let first = get_blob(&a, &d).await;
+    assert_pending(&first);
+    let calls = s.aws.calls();
+    assert_eq!(
+        calls.len(),
+        3,
+        "two failed attempts and one queued: {calls:?}"
+    );
+    assert!(calls.iter().all(|c| c.op == "Invoke" && c.signature_ok));
+    assert_eq!(s.aws.fill_jobs().len(), 3);
+    assert_eq!(s.aws.fill_jobs()[2].digest, d);
+    // The lease stays for the asynchronous copy.
+    assert!(s.has_object(&Setup::lease_key(&d)).await);
+}
+
+#[tokio::test]
 async fn fill_events_for_stored_blobs_and_upstream_errors() {
     let s = Setup::new(FakeOptions::default()).await;
     let d = s.up.put_blob("team/app", blob_bytes(66, 10_000));

@@ -1,9 +1,10 @@
 //! `AWS_CA_BUNDLE`: the AWS SDK for Rust ignores it; pullthrough honours it (its certificates
-//! are trusted in addition to the platform roots). These machines set it to the system bundle.
+//! are trusted in addition to the platform roots) for S3 and for Secrets Manager and Lambda,
+//! which share the S3 client's configuration. These machines set it to the system bundle.
 //!
 //! In-process tests give the store the bundle path directly; the binary tests run
 //! `pullthrough serve` with the variable really set (or not) in its environment, against an
-//! S3-compatible server over plain HTTP or over HTTPS with a private CA.
+//! S3-compatible server or a fake Secrets Manager over plain HTTP or over HTTPS with a private CA.
 
 mod common;
 
@@ -12,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::lambda::FakeAws;
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, TestCa};
 use common::*;
 use pullthrough::config::S3Settings;
@@ -349,4 +351,59 @@ async fn the_binary_refuses_to_start_with_an_unreadable_aws_ca_bundle() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_binary_honours_aws_ca_bundle_for_secrets_manager() {
+    // Client users in a secret, read from a Secrets Manager endpoint served over HTTPS with a
+    // private CA; S3 over plain HTTP (not touched by GET /v2/).
+    let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ca-users-AbCdEf";
+    let aws = FakeAws::start_tls().await;
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    aws.put_secret(arn, &format!("alice:{hash}\n"));
+    let server = S3Server::start().await;
+    let toml = format!(
+        "{}{}",
+        local_config_with("http://127.0.0.1:9", &format!("auth = \"{arn}\"\n")),
+        server.config_table("max_attempts = 1")
+    );
+    let env = [
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws.url.as_str()),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let alice = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:s3cret")
+    );
+
+    // With the private CA in AWS_CA_BUNDLE: the secret is read and alice gets in.
+    let bin = start_binary_with_env(&toml, Some(aws.ca_file()), &env)
+        .await
+        .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
+    let resp = bin
+        .client()
+        .get(format!("{}/v2/", bin.url))
+        .header("authorization", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(aws.count("GetSecretValue"), 1);
+    assert!(aws.calls()[0].signature_ok);
+    drop(bin);
+
+    // Without it: the certificate is not trusted, no request gets through, and the proxy fails
+    // closed.
+    let bin = start_binary_with_env(&toml, None, &env)
+        .await
+        .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
+    let resp = bin
+        .client()
+        .get(format!("{}/v2/", bin.url))
+        .header("authorization", &alice)
+        .send()
+        .await
+        .unwrap();
+    expect_oci_error(resp, 503, "UNAVAILABLE").await;
+    assert_eq!(aws.count("GetSecretValue"), 1, "{:?}", aws.calls());
 }

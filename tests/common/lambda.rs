@@ -1,7 +1,8 @@
 //! Lambda mode in the test process: the function built as at a cold start over the in-process
-//! S3 server, a fake AWS endpoint for Lambda `Invoke` and Secrets Manager `GetSecretValue`
-//! (which checks every SigV4 signature independently of the signer), and API Gateway HTTP API /
-//! function URL events built from the fixtures in `tests/fixtures/lambda/`.
+//! S3 server, a fake AWS endpoint for Lambda `Invoke` and Secrets Manager `GetSecretValue` as the
+//! SDK clients send them (it checks every SigV4 signature independently of the signer; plain
+//! HTTP, or HTTPS with a private CA), and API Gateway HTTP API / function URL events built from
+//! the fixtures in `tests/fixtures/lambda/`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -14,15 +15,15 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use pullthrough::aws::{AwsApi, LambdaInvoker, SecretsManager};
+use pullthrough::aws::{LambdaInvoker, SecretsManager};
 use pullthrough::cache::{Clock, FillJob, FillPolicy, Services};
-use pullthrough::config::{Config, Settings};
+use pullthrough::config::{Config, S3Settings, Settings};
 use pullthrough::lambda::Function;
 use pullthrough::store::s3::{S3Options, S3Store};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::s3::{self, ACCESS_KEY, REGION, S3Server, SECRET_KEY};
+use super::s3::{self, ACCESS_KEY, REGION, S3Server, SECRET_KEY, TestCa};
 
 pub const FUNCTION_NAME: &str = "pullthrough-test";
 
@@ -45,13 +46,23 @@ struct AwsState {
     secrets: BTreeMap<String, String>,
     /// Answer `Invoke` with this status instead of 202.
     invoke_status: Option<u16>,
-    /// Answer `GetSecretValue` with this status instead of the secret.
+    /// Answer `GetSecretValue` with this status instead of the secret: a 5xx is a transient
+    /// `InternalServiceError` (retried by the SDK), a 4xx an `AccessDeniedException` (not).
     secret_status: Option<u16>,
+    /// Answer the next this many requests (any operation) with 503 `ServiceUnavailable`.
+    transient_failures: u32,
 }
 
 /// A fake of the two AWS APIs the function calls besides S3.
 pub struct FakeAws {
+    /// `http://127.0.0.1:PORT`, or `https://…` from [`FakeAws::start_tls`].
     pub url: String,
+    /// For HTTPS: the CA that signed the certificate, and a file holding it.
+    pub ca: Option<(TestCa, std::path::PathBuf, tempfile::TempDir)>,
+    /// The SDK configuration the clients of [`FakeAws::secrets_manager`] and
+    /// [`FakeAws::invoker`] share: the production loader with the test credentials and region,
+    /// and the default `max_attempts`.
+    sdk: aws_types::SdkConfig,
     state: Arc<Mutex<AwsState>>,
     changed: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -70,7 +81,17 @@ struct Ctx {
 }
 
 impl FakeAws {
+    /// Plain HTTP.
     pub async fn start() -> FakeAws {
+        FakeAws::start_inner(false).await
+    }
+
+    /// HTTPS with a certificate from a fresh private CA ([`FakeAws::ca_file`]).
+    pub async fn start_tls() -> FakeAws {
+        FakeAws::start_inner(true).await
+    }
+
+    async fn start_inner(tls: bool) -> FakeAws {
         let state = Arc::new(Mutex::new(AwsState::default()));
         let (changed, _) = watch::channel(0);
         let ctx = Ctx {
@@ -81,16 +102,55 @@ impl FakeAws {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake AWS");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+        let addr = listener.local_addr().expect("addr");
+        let ca = tls.then(|| {
+            let ca = TestCa::generate();
+            let dir = tempfile::tempdir().expect("CA dir");
+            let path = dir.path().join("fake-aws-ca.pem");
+            std::fs::write(&path, &ca.ca_pem).expect("write CA file");
+            (ca, path, dir)
         });
+        let (url, task) = match &ca {
+            None => (
+                format!("http://{addr}"),
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }),
+            ),
+            Some((ca, _, _)) => {
+                let tls = TlsListener {
+                    tcp: listener,
+                    acceptor: tls_acceptor(ca),
+                };
+                (
+                    format!("https://{addr}"),
+                    tokio::spawn(async move {
+                        let _ = axum::serve(tls, app).await;
+                    }),
+                )
+            }
+        };
+        let sdk = pullthrough::store::s3::load_sdk_config(
+            Some(REGION),
+            ca.as_ref().map(|(_, path, _)| path.as_path()),
+            Some(s3::test_credentials()),
+            S3Settings::default().max_attempts,
+        )
+        .await
+        .expect("SDK config");
         FakeAws {
             url,
+            ca,
+            sdk,
             state,
             changed,
             task,
         }
+    }
+
+    /// The CA file of an HTTPS fake.
+    pub fn ca_file(&self) -> &std::path::Path {
+        &self.ca.as_ref().expect("an HTTPS fake").1
     }
 
     pub fn put_secret(&self, arn: &str, secret_string: &str) {
@@ -108,23 +168,17 @@ impl FakeAws {
 
     /// A Secrets Manager client for this endpoint, signing with the test credentials.
     pub fn secrets_manager(&self) -> Arc<SecretsManager> {
-        Arc::new(SecretsManager::with_endpoint(
-            self.api(),
-            self.url.parse().expect("fake AWS URL"),
-        ))
+        Arc::new(SecretsManager::with_endpoint(&self.sdk, &self.url))
     }
 
-    /// The signed-request client with the test credentials and region.
-    pub fn api(&self) -> Arc<AwsApi> {
-        Arc::new(
-            AwsApi::with_credentials(
-                aws_credential_types::provider::SharedCredentialsProvider::new(
-                    s3::test_credentials(),
-                ),
-                REGION.to_owned(),
-            )
-            .expect("AWS API client"),
-        )
+    /// A Lambda client invoking [`FUNCTION_NAME`] at this endpoint.
+    pub fn invoker(&self) -> LambdaInvoker {
+        LambdaInvoker::with_endpoint(&self.sdk, &self.url, FUNCTION_NAME.into())
+    }
+
+    /// Answers the next `n` requests, whatever their operation, with a transient 503.
+    pub fn fail_next_requests(&self, n: u32) {
+        self.state.lock().unwrap().transient_failures = n;
     }
 
     pub fn fail_invokes_with(&self, status: Option<u16>) {
@@ -224,6 +278,12 @@ async fn aws_handler(State(ctx): State<Ctx>, req: Request) -> Response {
                 StatusCode::FORBIDDEN,
                 r#"{"__type":"InvalidSignatureException"}"#.to_owned(),
             )
+        } else if st.transient_failures > 0 {
+            st.transient_failures -= 1;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"__type":"ServiceUnavailable","Message":"injected"}"#.to_owned(),
+            )
         } else {
             match op {
                 "Invoke" => match st.invoke_status {
@@ -233,10 +293,18 @@ async fn aws_handler(State(ctx): State<Ctx>, req: Request) -> Response {
                     ),
                     None => (StatusCode::ACCEPTED, String::new()),
                 },
-                "GetSecretValue" if st.secret_status.is_some() => (
-                    StatusCode::from_u16(st.secret_status.unwrap_or(500)).unwrap(),
-                    r#"{"__type":"InternalServiceError","Message":"injected"}"#.to_owned(),
-                ),
+                "GetSecretValue" if st.secret_status.is_some() => {
+                    let status = st.secret_status.unwrap_or(500);
+                    let code = if status >= 500 {
+                        "InternalServiceError"
+                    } else {
+                        "AccessDeniedException"
+                    };
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        format!(r#"{{"__type":"{code}","Message":"injected"}}"#),
+                    )
+                }
                 "GetSecretValue" => {
                     let id: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let arn = id["SecretId"].as_str().unwrap_or_default();
@@ -263,6 +331,47 @@ async fn aws_handler(State(ctx): State<Ctx>, req: Request) -> Response {
         answer.1,
     )
         .into_response()
+}
+
+fn tls_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![ca.cert_der.clone().into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(ca.key_der.clone().into()),
+        )
+        .expect("TLS server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TCP listener whose connections are TLS-terminated, for `axum::serve`. A failed handshake
+/// (a client that does not trust the CA) just ends that connection.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((socket, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(socket).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -353,8 +462,7 @@ pub async fn function(toml: &str, server: &S3Server, aws: &FakeAws, clock: Arc<C
         ..S3Options::from_config(&config).expect("an s3 store")
     };
     let store = S3Store::open(options).await.expect("S3 store opens");
-    let endpoint: url::Url = aws.url.parse().unwrap();
-    let invoker = LambdaInvoker::with_endpoint(aws.api(), &endpoint, FUNCTION_NAME.into());
+    let invoker = aws.invoker();
     let services = Services {
         secrets: Some(aws.secrets_manager()),
         fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
