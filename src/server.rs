@@ -128,19 +128,32 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// The answer to a connection over the cap: a 503 with an OCI JSON body, then close. The
-/// request is not parsed; what the client sent is read and discarded briefly after our FIN so
-/// that closing does not reset the connection before the client has read the answer.
+/// request head is awaited first (briefly, and at most 16 KiB of it: clients take an answer
+/// that comes before their request for a protocol error), and what follows is read and discarded
+/// briefly after our FIN, so that closing does not reset the connection before the client has
+/// read the answer.
 async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
     let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"too many connections to this proxy; retry shortly"}]}"#;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ndocker-distribution-api-version: registry/2.0\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        while stream.read(&mut buf).await? > 0 {}
         io::Result::Ok(())
     })
     .await;

@@ -4,7 +4,8 @@
 //! is atomic within one filesystem, so a reader sees a whole object or none. Streamed writes are
 //! flushed to disk before the rename, so a crash never leaves a short file under a final name.
 //! Leftover temporary files (a crash mid-write) are removed at start-up by the process that
-//! holds the store's lock (`<root>/.lock`, an advisory lock kept for the life of the store):
+//! holds the store's lock (an advisory `flock` on the root directory, kept for the life of the
+//! store):
 //! a second server started on the same directory leaves `.tmp` alone, since files there may be
 //! the first one's writes in flight. [`FsStore::open_existing`] (for `verify`) creates nothing
 //! and never touches `.tmp`.
@@ -25,12 +26,11 @@ pub struct FsStore {
     tmp: PathBuf,
     /// Makes temporary file names unique within the process (the pid makes them unique across).
     counter: AtomicU64,
-    /// The store's lock file, locked while this store lives, when it was free at opening.
+    /// The root directory, locked while this store lives, when it was free at opening.
     _lock: Option<std::fs::File>,
 }
 
 const TMP_DIR: &str = ".tmp";
-const LOCK_FILE: &str = ".lock";
 
 impl FsStore {
     /// Opens (creating if needed) a store rooted at `root`. When no other process holds the
@@ -39,11 +39,7 @@ impl FsStore {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
         std::fs::create_dir_all(&root)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(root.join(LOCK_FILE))?;
+        let lock = std::fs::File::open(&root)?;
         let lock = match lock.try_lock() {
             Ok(()) => {
                 match std::fs::remove_dir_all(&tmp) {
