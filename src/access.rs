@@ -398,7 +398,9 @@ impl Buckets {
 impl Checks {
     pub fn new(limits: &AuthLimits) -> Checks {
         Checks {
-            bcrypt: Arc::new(tokio::sync::Semaphore::new(limits.bcrypt_concurrency.max(1))),
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(
+                limits.bcrypt_concurrency.max(1),
+            )),
             wait: limits.bcrypt_wait,
             per_minute: limits.failures_per_minute.max(1),
             failures: Mutex::new(Buckets::default()),
@@ -424,8 +426,8 @@ impl Checks {
         let mut b = self.buckets();
         let b = &mut *b;
         if let Some(addr) = client
-            && let Err(secs) = Buckets::bucket(&mut b.by_addr, addr, now_ms, per_minute)
-                .take(now_ms, per_minute)
+            && let Err(secs) =
+                Buckets::bucket(&mut b.by_addr, addr, now_ms, per_minute).take(now_ms, per_minute)
         {
             return Err(too_many_failures(secs));
         }
@@ -549,24 +551,22 @@ impl ClientAuth {
         }
         let checks = &self.checks;
         checks.reserve(client, &user, now_ms)?;
-        let turn = match tokio::time::timeout(
-            checks.wait,
-            Arc::clone(&checks.bcrypt).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(turn)) => turn,
-            _ => {
-                checks.refund(client, &user);
-                let mut e = Error::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::Unavailable,
-                    "too many password checks in progress; retry shortly",
-                );
-                e.retry_after = Some(1);
-                return Err(e);
-            }
-        };
+        let turn =
+            match tokio::time::timeout(checks.wait, Arc::clone(&checks.bcrypt).acquire_owned())
+                .await
+            {
+                Ok(Ok(turn)) => turn,
+                _ => {
+                    checks.refund(client, &user);
+                    let mut e = Error::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Code::Unavailable,
+                        "too many password checks in progress; retry shortly",
+                    );
+                    e.retry_after = Some(1);
+                    return Err(e);
+                }
+            };
         let (u, p) = (user.clone(), password);
         // bcrypt is deliberately slow: keep it off the async workers.
         let ok = tokio::task::spawn_blocking(move || {

@@ -156,7 +156,13 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::run(listener, router, config::ConnectionLimits::default(), shutdown).await
+    server::run(
+        listener,
+        router,
+        config::ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`serve`] under `limits` (`Config::connections`).

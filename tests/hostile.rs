@@ -198,7 +198,10 @@ async fn an_oversize_header_is_answered_431_with_an_oci_error() {
         .await
         .unwrap();
     let msg = expect_oci_error(resp, 431, "UNSUPPORTED").await;
-    assert!(msg.contains("authorization") && msg.contains("16384"), "{msg}");
+    assert!(
+        msg.contains("authorization") && msg.contains("16384"),
+        "{msg}"
+    );
     // Under the limit: served as before.
     let resp = proxy
         .http
