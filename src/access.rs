@@ -370,12 +370,12 @@ impl Bucket {
 }
 
 impl Buckets {
-    fn bucket<'a, K: std::hash::Hash + Eq>(
-        map: &'a mut HashMap<K, Bucket>,
+    fn bucket<K: std::hash::Hash + Eq>(
+        map: &mut HashMap<K, Bucket>,
         key: K,
         now_ms: u64,
         per_minute: u32,
-    ) -> &'a mut Bucket {
+    ) -> &mut Bucket {
         if map.len() >= MAX_BUCKETS && !map.contains_key(&key) {
             // Forget buckets that are full again; if that is not enough, forget them all
             // (memory stays bounded; an attacker with that many names or addresses resets the

@@ -152,11 +152,8 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
         "exited before the grace period: {:?}",
         signalled.elapsed()
     );
-    loop {
-        match held.chunk().await {
-            Ok(Some(c)) => held_bytes += c.len(),
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(c)) = held.chunk().await {
+        held_bytes += c.len();
     }
     assert!(held_bytes < big.len(), "the held-back response was not cut");
 
