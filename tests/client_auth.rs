@@ -931,3 +931,40 @@ async fn a_flood_of_wrong_passwords_does_not_delay_a_right_one_beyond_a_bound() 
     let checked = statuses.iter().filter(|s| **s == 401).count();
     assert!(checked <= 16, "{checked} wrong passwords were checked");
 }
+
+#[tokio::test]
+async fn lambda_limits_failed_logins_per_source_ip_of_the_event() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let s3 = S3Server::start().await;
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "s3cret")]));
+    let toml = format!(
+        "{}{}",
+        secret_config(&up, USERS_ARN, "auth_failures_per_minute = 2\n"),
+        s3.config_table("")
+    );
+    let f = function(&toml, &s3, &aws, Arc::new(Clock::default())).await;
+    let attempt = |source, user: &'static str| {
+        let f = &f;
+        async move {
+            let authorization = basic(user, "wrong");
+            call(
+                f,
+                source,
+                "GET",
+                "/v2/",
+                &[("authorization", &authorization)],
+            )
+            .await
+        }
+    };
+    // Different user names from the HTTP API event's sourceIp (192.0.2.1): the address runs out.
+    assert_eq!(attempt(Source::HttpApi, "u1").await.status, 401);
+    assert_eq!(attempt(Source::HttpApi, "u2").await.status, 401);
+    let limited = attempt(Source::HttpApi, "u3").await;
+    assert_eq!(limited.status, 429, "{:?}", limited.raw);
+    assert_eq!(limited.json()["errors"][0]["code"], "TOOMANYREQUESTS");
+    assert!(limited.header("retry-after").is_some(), "{:?}", limited.raw);
+    // The function URL event comes from another address (198.51.100.7).
+    assert_eq!(attempt(Source::FunctionUrl, "u4").await.status, 401);
+}
