@@ -12,9 +12,17 @@
 //! random per process. Users from a secret are read on first use, never at start-up, and re-read
 //! every refresh interval ([`ClientAuth::users`]); without users, nobody gets in.
 //! Comparisons of secrets are constant-time; credentials, tokens and secrets are never logged.
+//!
+//! Password checks are bounded ([`Checks`]): a remembered credential costs no bcrypt; every other
+//! Basic credential takes a failure token from its client address and from its user name (any
+//! name, existing or not, so the answers tell nothing about which users exist) and gives it
+//! back when it is right; with none left the answer is `429 TOOMANYREQUESTS` with `Retry-After`
+//! and no bcrypt run. bcrypt runs at most `bcrypt_concurrency` at once, in order of arrival; a
+//! check that waits longer than `bcrypt_wait` for its turn is answered `503` unchecked.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,8 +34,14 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::config::AuthLimits;
 use crate::error::{Code, Error};
 use crate::upstream::SecretSource;
+
+/// The address a request came from, as a request extension: the TCP peer in server mode, the
+/// API Gateway / function URL `sourceIp` in Lambda mode. Failed logins are limited per address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
 
 /// A repository glob: `*` matches within one path component, `**` matches across components
 /// (also none: `myorg/**` matches `myorg/a` and `myorg/a/b`), `?` matches one character other
@@ -195,15 +209,20 @@ impl Users {
         }
     }
 
-    /// Checks a `user:password` pair (bcrypt: call it off the async workers).
-    pub fn check_password(&self, user: &str, password: &str, now_ms: u64) -> bool {
+    /// Whether this `user:password` pair was verified recently (no bcrypt).
+    pub fn remembered(&self, user: &str, password: &str, now_ms: u64) -> bool {
         let fingerprint: [u8; 32] = Sha256::digest(format!("{user}:{password}")).into();
-        {
-            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.get(&fingerprint).is_some_and(|exp| *exp > now_ms) {
-                return true;
-            }
+        let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(&fingerprint).is_some_and(|exp| *exp > now_ms)
+    }
+
+    /// Checks a `user:password` pair (bcrypt: call it off the async workers, through
+    /// [`ClientAuth::check_basic`], which bounds the work).
+    pub fn check_password(&self, user: &str, password: &str, now_ms: u64) -> bool {
+        if self.remembered(user, password, now_ms) {
+            return true;
         }
+        let fingerprint: [u8; 32] = Sha256::digest(format!("{user}:{password}")).into();
         let ok = match self.htpasswd.users.get(user) {
             Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             None => {
@@ -298,6 +317,155 @@ pub fn derive_token_key(secret_string: &str) -> Vec<u8> {
 /// users read from a secret on first use and re-read every refresh interval.
 pub struct ClientAuth {
     source: Source,
+    /// Bounds on password checks; shared by every set of users a secret has held.
+    checks: Checks,
+}
+
+/// Most failure buckets kept per kind (addresses, user names); see [`Buckets::take`].
+const MAX_BUCKETS: usize = 10_000;
+/// Longest user name a bucket is keyed by (longer names share the bucket of their prefix).
+const MAX_BUCKET_NAME: usize = 256;
+
+/// Bounds on the password checks of one [`ClientAuth`] (see the module documentation).
+pub struct Checks {
+    /// bcrypt turns; tokio's semaphore serves waiters in order of arrival.
+    bcrypt: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+    per_minute: u32,
+    failures: Mutex<Buckets>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_addr: HashMap<IpAddr, Bucket>,
+    by_user: HashMap<String, Bucket>,
+}
+
+/// A token bucket of failures: `per_minute` tokens at most, one back every `60 / per_minute` s.
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+impl Bucket {
+    fn refill(&mut self, now_ms: u64, per_minute: u32) {
+        let rate = f64::from(per_minute) / 60_000.0;
+        let elapsed = now_ms.saturating_sub(self.at_ms) as f64;
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(per_minute));
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+
+    /// Takes a token, or says in how many seconds one will be there.
+    fn take(&mut self, now_ms: u64, per_minute: u32) -> Result<(), u64> {
+        self.refill(now_ms, per_minute);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let rate = f64::from(per_minute) / 60_000.0;
+            Err((((1.0 - self.tokens) / rate) / 1000.0).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+impl Buckets {
+    fn bucket<K: std::hash::Hash + Eq>(
+        map: &mut HashMap<K, Bucket>,
+        key: K,
+        now_ms: u64,
+        per_minute: u32,
+    ) -> &mut Bucket {
+        if map.len() >= MAX_BUCKETS && !map.contains_key(&key) {
+            // Forget buckets that are full again; if that is not enough, forget them all
+            // (memory stays bounded; an attacker with that many names or addresses resets the
+            // limits, which per-address limits and the bcrypt cap still bound).
+            map.retain(|_, b| {
+                b.refill(now_ms, per_minute);
+                b.tokens < f64::from(per_minute)
+            });
+            if map.len() >= MAX_BUCKETS {
+                map.clear();
+            }
+        }
+        map.entry(key).or_insert(Bucket {
+            tokens: f64::from(per_minute),
+            at_ms: now_ms,
+        })
+    }
+}
+
+impl Checks {
+    pub fn new(limits: &AuthLimits) -> Checks {
+        Checks {
+            bcrypt: Arc::new(tokio::sync::Semaphore::new(
+                limits.bcrypt_concurrency.max(1),
+            )),
+            wait: limits.bcrypt_wait,
+            per_minute: limits.failures_per_minute.max(1),
+            failures: Mutex::new(Buckets::default()),
+        }
+    }
+
+    fn buckets(&self) -> std::sync::MutexGuard<'_, Buckets> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn user_key(user: &str) -> String {
+        let mut end = user.len().min(MAX_BUCKET_NAME);
+        while !user.is_char_boundary(end) {
+            end -= 1;
+        }
+        user[..end].to_owned()
+    }
+
+    /// Takes a failure token from the address and the user, or answers 429. The same answer
+    /// whichever ran out, and whether the user exists or not.
+    fn reserve(&self, client: Option<IpAddr>, user: &str, now_ms: u64) -> Result<(), Error> {
+        let per_minute = self.per_minute;
+        let mut b = self.buckets();
+        let b = &mut *b;
+        if let Some(addr) = client
+            && let Err(secs) =
+                Buckets::bucket(&mut b.by_addr, addr, now_ms, per_minute).take(now_ms, per_minute)
+        {
+            return Err(too_many_failures(secs));
+        }
+        let by_user = Buckets::bucket(&mut b.by_user, Self::user_key(user), now_ms, per_minute);
+        if let Err(secs) = by_user.take(now_ms, per_minute) {
+            if let Some(addr) = client
+                && let Some(a) = b.by_addr.get_mut(&addr)
+            {
+                a.tokens = (a.tokens + 1.0).min(f64::from(per_minute));
+            }
+            return Err(too_many_failures(secs));
+        }
+        Ok(())
+    }
+
+    /// Gives back the tokens of a check that succeeded or did not happen.
+    fn refund(&self, client: Option<IpAddr>, user: &str) {
+        let max = f64::from(self.per_minute);
+        let mut b = self.buckets();
+        if let Some(addr) = client
+            && let Some(a) = b.by_addr.get_mut(&addr)
+        {
+            a.tokens = (a.tokens + 1.0).min(max);
+        }
+        if let Some(u) = b.by_user.get_mut(&Self::user_key(user)) {
+            u.tokens = (u.tokens + 1.0).min(max);
+        }
+    }
+}
+
+fn too_many_failures(retry_after: u64) -> Error {
+    let mut e = Error::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::TooManyRequests,
+        format!("too many failed logins; retry in {retry_after} s"),
+    );
+    e.retry_after = Some(retry_after);
+    e
 }
 
 enum Source {
@@ -357,7 +525,61 @@ impl ClientAuth {
         };
         Ok(ClientAuth {
             source: Source::Fixed(Arc::new(Users::new(users, key))),
+            checks: Checks::new(&AuthLimits::default()),
         })
+    }
+
+    /// The same, with these bounds on password checks.
+    pub fn with_limits(mut self, limits: &AuthLimits) -> ClientAuth {
+        self.checks = Checks::new(limits);
+        self
+    }
+
+    /// Checks Basic credentials against `users`, within the bounds of [`Checks`]: `Ok(true)` for a
+    /// right password, `Ok(false)` for a wrong one, `Err` (429, or 503 when no bcrypt turn came
+    /// in time) without a check.
+    pub async fn check_basic(
+        &self,
+        users: Arc<Users>,
+        user: String,
+        password: String,
+        client: Option<IpAddr>,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
+        if users.remembered(&user, &password, now_ms) {
+            return Ok(true);
+        }
+        let checks = &self.checks;
+        checks.reserve(client, &user, now_ms)?;
+        let turn =
+            match tokio::time::timeout(checks.wait, Arc::clone(&checks.bcrypt).acquire_owned())
+                .await
+            {
+                Ok(Ok(turn)) => turn,
+                _ => {
+                    checks.refund(client, &user);
+                    let mut e = Error::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Code::Unavailable,
+                        "too many password checks in progress; retry shortly",
+                    );
+                    e.retry_after = Some(1);
+                    return Err(e);
+                }
+            };
+        let (u, p) = (user.clone(), password);
+        // bcrypt is deliberately slow: keep it off the async workers.
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = users.check_password(&u, &p, now_ms);
+            drop(turn);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            checks.refund(client, &user);
+        }
+        Ok(ok)
     }
 
     /// Users from the secret `arn` (htpasswd text), read through `secrets` on the first request
@@ -379,6 +601,7 @@ impl ClientAuth {
                 state: Mutex::new(SecretState::default()),
                 reading: tokio::sync::Mutex::new(()),
             }),
+            checks: Checks::new(&AuthLimits::default()),
         })
     }
 

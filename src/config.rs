@@ -94,6 +94,10 @@ pub struct Config {
     /// Server mode: where blob fills over S3 spill the bytes their clients stream from (the
     /// `[spill]` table).
     pub spill: SpillSettings,
+    /// Server mode: what one client connection may hold and for how long, and the shutdown grace.
+    pub connections: ConnectionLimits,
+    /// Bounds on password checks (bcrypt) with client auth on.
+    pub auth_limits: AuthLimits,
 }
 
 /// The `[spill]` table: local disk between a cold blob's upstream and its readers (clients and
@@ -114,6 +118,65 @@ impl Default for SpillSettings {
         SpillSettings {
             dir: std::env::temp_dir().join("pullthrough-spill"),
             max_bytes: 16 * 1024 * MIB,
+        }
+    }
+}
+
+/// Server mode: the limits of client connections (see `crate::server`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request head (from the connection's start, or from the first byte after the previous
+    /// response) must arrive whole within this time, else the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and nothing received for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write to a client that makes no progress for this long (the client stopped reading)
+    /// fails, which closes the connection and drops what its response was holding.
+    pub write_timeout: Duration,
+    /// Connections served at once; one more is answered `503` and closed.
+    pub max_connections: usize,
+    /// Largest single request header (name and value), answered `431` with an OCI JSON body.
+    pub max_header_size: usize,
+    /// Largest whole request head; a longer head is refused (`431`) by the HTTP parser itself.
+    pub max_head_size: usize,
+    /// On SIGTERM/SIGINT: how long requests in flight may go on before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_header_size: 16 * 1024,
+            max_head_size: 128 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on the work wrong passwords can cause (see `crate::access::Checks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// bcrypt runs at once; others wait for a turn.
+    pub bcrypt_concurrency: usize,
+    /// Longest wait for a turn; after it the request is answered `503` without a check.
+    pub bcrypt_wait: Duration,
+    /// Failed password checks allowed per client address and per user name per minute (also the
+    /// burst); checks in progress count until they succeed. Beyond it: `429 TOOMANYREQUESTS`.
+    pub failures_per_minute: u32,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        AuthLimits {
+            bcrypt_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            bcrypt_wait: Duration::from_secs(5),
+            failures_per_minute: 10,
         }
     }
 }
@@ -207,6 +270,36 @@ pub struct Settings {
     /// Lambda mode: how long a blob miss is copied while the client waits, e.g. 20s.
     #[arg(long, env = "PULLTHROUGH_FILL_DEADLINE")]
     pub fill_deadline: Option<String>,
+    /// A request head must arrive whole within this time (default 10s).
+    #[arg(long, env = "PULLTHROUGH_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// A connection idle between requests is closed after this time (default 60s).
+    #[arg(long, env = "PULLTHROUGH_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// A client that stops reading a response is disconnected after this time (default 60s).
+    #[arg(long, env = "PULLTHROUGH_WRITE_TIMEOUT")]
+    pub write_timeout: Option<String>,
+    /// Client connections served at once (default 4096); more are answered 503.
+    #[arg(long, env = "PULLTHROUGH_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Largest request header, e.g. 16KiB (default); larger ones are answered 431.
+    #[arg(long, env = "PULLTHROUGH_MAX_HEADER_SIZE")]
+    pub max_header_size: Option<String>,
+    /// Largest request head (all headers), e.g. 128KiB (default).
+    #[arg(long, env = "PULLTHROUGH_MAX_HEAD_SIZE")]
+    pub max_head_size: Option<String>,
+    /// On SIGTERM/SIGINT, how long requests in flight may finish, e.g. 30s (default).
+    #[arg(long, env = "PULLTHROUGH_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Password checks (bcrypt) run at once (default: the number of CPUs).
+    #[arg(long, env = "PULLTHROUGH_BCRYPT_CONCURRENCY")]
+    pub bcrypt_concurrency: Option<String>,
+    /// Longest wait for a password check before the answer is 503, e.g. 5s (default).
+    #[arg(long, env = "PULLTHROUGH_BCRYPT_WAIT")]
+    pub bcrypt_wait: Option<String>,
+    /// Failed logins allowed per client address and per user per minute (default 10).
+    #[arg(long, env = "PULLTHROUGH_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +327,16 @@ struct FileConfig {
     read_timeout: Option<String>,
     memory_cache_bytes: Option<usize>,
     fill_deadline: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    write_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_header_size: Option<FileSize>,
+    max_head_size: Option<FileSize>,
+    shutdown_grace: Option<String>,
+    bcrypt_concurrency: Option<usize>,
+    bcrypt_wait: Option<String>,
+    auth_failures_per_minute: Option<u32>,
     #[serde(default)]
     upstream: Vec<FileUpstream>,
     s3: Option<FileS3>,
@@ -343,6 +446,8 @@ impl Config {
     }
 
     fn build(s: &Settings, file: FileConfig) -> Result<Config, ConfigError> {
+        let connections = connection_limits(s, &file)?;
+        let auth_limits = auth_limits(s, &file)?;
         let listen_text = s
             .listen
             .clone()
@@ -521,6 +626,8 @@ impl Config {
             auth,
             token_key,
             fill_deadline,
+            connections,
+            auth_limits,
             s3: match file.s3 {
                 Some(f) => s3_from_file(f)?,
                 None => S3Settings::default(),
@@ -535,6 +642,176 @@ impl Config {
     pub fn upstream(&self, alias: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.alias == alias)
     }
+}
+
+/// A duration setting: the flag or environment variable, else the file, else `default`; it must
+/// lie within `range`. `name` is `PULLTHROUGH_X/x`, as messages name it.
+fn duration_setting(
+    name: &str,
+    flag: &Option<String>,
+    file: &Option<String>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    default_text: &str,
+) -> Result<Duration, ConfigError> {
+    let d = match flag.as_ref().or(file.as_ref()) {
+        None => default,
+        Some(t) => parse_duration(t).map_err(|e| err(format!("{name}: {e}")))?,
+    };
+    if !range.contains(&d) {
+        return Err(err(format!(
+            "{name}: must be between {:?} and {:?} (default {default_text})",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(d)
+}
+
+/// A count setting: the flag or environment variable (text), else the file, else `default`.
+fn count_setting<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+    name: &str,
+    flag: &Option<String>,
+    file: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    let n = match flag {
+        Some(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("{name}: {t:?} is not a whole number")))?,
+        None => file.unwrap_or(default),
+    };
+    if !range.contains(&n) {
+        return Err(err(format!(
+            "{name}: must be between {} and {} (default {default})",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(n)
+}
+
+/// A size setting (`16KiB`, or bytes), bounded by `range`.
+fn size_setting(
+    name: &str,
+    flag: &Option<String>,
+    file: &Option<FileSize>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ConfigError> {
+    let n = match (flag, file) {
+        (Some(t), _) | (None, Some(FileSize::Text(t))) => {
+            parse_size(t).map_err(|e| err(format!("{name}: {e}")))? as usize
+        }
+        (None, Some(FileSize::Bytes(n))) => *n as usize,
+        (None, None) => default,
+    };
+    if !range.contains(&n) {
+        return Err(err(format!(
+            "{name}: must be between {} and {} bytes (default {default})",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(n)
+}
+
+fn connection_limits(s: &Settings, f: &FileConfig) -> Result<ConnectionLimits, ConfigError> {
+    let d = ConnectionLimits::default();
+    let ms = Duration::from_millis;
+    let hour = Duration::from_secs(3600);
+    let limits = ConnectionLimits {
+        header_read_timeout: duration_setting(
+            "PULLTHROUGH_HEADER_READ_TIMEOUT/header_read_timeout",
+            &s.header_read_timeout,
+            &f.header_read_timeout,
+            d.header_read_timeout,
+            ms(100)..=hour,
+            "10s",
+        )?,
+        idle_timeout: duration_setting(
+            "PULLTHROUGH_IDLE_TIMEOUT/idle_timeout",
+            &s.idle_timeout,
+            &f.idle_timeout,
+            d.idle_timeout,
+            ms(100)..=hour,
+            "60s",
+        )?,
+        write_timeout: duration_setting(
+            "PULLTHROUGH_WRITE_TIMEOUT/write_timeout",
+            &s.write_timeout,
+            &f.write_timeout,
+            d.write_timeout,
+            ms(100)..=hour,
+            "60s",
+        )?,
+        max_connections: count_setting(
+            "PULLTHROUGH_MAX_CONNECTIONS/max_connections",
+            &s.max_connections,
+            f.max_connections,
+            d.max_connections,
+            1..=1_000_000,
+        )?,
+        max_header_size: size_setting(
+            "PULLTHROUGH_MAX_HEADER_SIZE/max_header_size",
+            &s.max_header_size,
+            &f.max_header_size,
+            d.max_header_size,
+            1024..=1024 * 1024,
+        )?,
+        max_head_size: size_setting(
+            "PULLTHROUGH_MAX_HEAD_SIZE/max_head_size",
+            &s.max_head_size,
+            &f.max_head_size,
+            d.max_head_size,
+            // The HTTP/1 parser needs at least 8 KiB.
+            8192..=16 * 1024 * 1024,
+        )?,
+        shutdown_grace: duration_setting(
+            "PULLTHROUGH_SHUTDOWN_GRACE/shutdown_grace",
+            &s.shutdown_grace,
+            &f.shutdown_grace,
+            d.shutdown_grace,
+            Duration::ZERO..=hour,
+            "30s",
+        )?,
+    };
+    if limits.max_head_size < limits.max_header_size {
+        return Err(err(
+            "PULLTHROUGH_MAX_HEAD_SIZE: must be at least PULLTHROUGH_MAX_HEADER_SIZE (defaults 128KiB and 16KiB)",
+        ));
+    }
+    Ok(limits)
+}
+
+fn auth_limits(s: &Settings, f: &FileConfig) -> Result<AuthLimits, ConfigError> {
+    let d = AuthLimits::default();
+    Ok(AuthLimits {
+        bcrypt_concurrency: count_setting(
+            "PULLTHROUGH_BCRYPT_CONCURRENCY/bcrypt_concurrency",
+            &s.bcrypt_concurrency,
+            f.bcrypt_concurrency,
+            d.bcrypt_concurrency,
+            1..=1024,
+        )?,
+        bcrypt_wait: duration_setting(
+            "PULLTHROUGH_BCRYPT_WAIT/bcrypt_wait",
+            &s.bcrypt_wait,
+            &f.bcrypt_wait,
+            d.bcrypt_wait,
+            Duration::from_millis(100)..=Duration::from_secs(60),
+            "5s",
+        )?,
+        failures_per_minute: count_setting(
+            "PULLTHROUGH_AUTH_FAILURES_PER_MINUTE/auth_failures_per_minute",
+            &s.auth_failures_per_minute,
+            f.auth_failures_per_minute,
+            d.failures_per_minute,
+            1..=100_000,
+        )?,
+    })
 }
 
 fn upstream_from_file(u: FileUpstream) -> Result<UpstreamConfig, ConfigError> {
@@ -1321,6 +1598,72 @@ max_size = "2GiB"
                 .to_string()
                 .contains("use one")
         );
+    }
+
+    #[test]
+    fn connection_and_password_limits() {
+        let c = Config::load(&Settings::default()).unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.connections.max_header_size, 16 * 1024);
+        assert_eq!(c.auth_limits.failures_per_minute, 10);
+        let toml = "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nwrite_timeout = \"3s\"\nmax_connections = 5\nmax_header_size = \"2KiB\"\nmax_head_size = 9000\nshutdown_grace = \"0s\"\nbcrypt_concurrency = 3\nbcrypt_wait = \"1s\"\nauth_failures_per_minute = 4\n";
+        let c = Config::from_toml(&Settings::default(), toml).unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(2),
+                write_timeout: Duration::from_secs(3),
+                max_connections: 5,
+                max_header_size: 2048,
+                max_head_size: 9000,
+                shutdown_grace: Duration::ZERO,
+            }
+        );
+        assert_eq!(
+            c.auth_limits,
+            AuthLimits {
+                bcrypt_concurrency: 3,
+                bcrypt_wait: Duration::from_secs(1),
+                failures_per_minute: 4,
+            }
+        );
+        // Flags and the environment win over the file.
+        let s = Settings {
+            max_connections: Some("7".into()),
+            write_timeout: Some("500ms".into()),
+            ..Settings::default()
+        };
+        let c = Config::from_toml(&s, toml).unwrap();
+        assert_eq!(c.connections.max_connections, 7);
+        assert_eq!(c.connections.write_timeout, Duration::from_millis(500));
+        let bad = |s: Settings, toml: &str| Config::from_toml(&s, toml).unwrap_err().to_string();
+        let e = bad(
+            Settings {
+                max_connections: Some("0".into()),
+                ..Settings::default()
+            },
+            "",
+        );
+        assert!(e.contains("PULLTHROUGH_MAX_CONNECTIONS"), "{e}");
+        let e = bad(Settings::default(), "header_read_timeout = \"10ms\"");
+        assert!(e.contains("PULLTHROUGH_HEADER_READ_TIMEOUT"), "{e}");
+        let e = bad(Settings::default(), "max_head_size = \"4KiB\"");
+        assert!(e.contains("PULLTHROUGH_MAX_HEAD_SIZE"), "{e}");
+        let e = bad(
+            Settings::default(),
+            "max_header_size = \"64KiB\"\nmax_head_size = \"32KiB\"",
+        );
+        assert!(e.contains("at least PULLTHROUGH_MAX_HEADER_SIZE"), "{e}");
+        let e = bad(
+            Settings {
+                auth_failures_per_minute: Some("many".into()),
+                ..Settings::default()
+            },
+            "",
+        );
+        assert!(e.contains("PULLTHROUGH_AUTH_FAILURES_PER_MINUTE"), "{e}");
     }
 
     #[test]

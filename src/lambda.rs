@@ -103,12 +103,20 @@ impl Function {
     /// An HTTP event through the router, answered in the payload format 2.0 response shape
     /// (API Gateway HTTP API and function URLs).
     pub async fn http(&self, request: LambdaRequest) -> Value {
-        let stage = match &request {
-            LambdaRequest::ApiGatewayV2(r) => r.request_context.stage.clone(),
-            _ => None,
+        let (stage, source_ip) = match &request {
+            LambdaRequest::ApiGatewayV2(r) => (
+                r.request_context.stage.clone(),
+                r.request_context.http.source_ip.clone(),
+            ),
+            _ => (None, None),
         };
         let request: lambda_http::Request = request.into();
         let (mut parts, body) = request.into_parts();
+        // The client's address as API Gateway / the function URL saw it: failed logins are
+        // limited per address here as in server mode.
+        if let Some(ip) = source_ip.and_then(|ip| ip.parse().ok()) {
+            parts.extensions.insert(crate::access::ClientAddr(ip));
+        }
         if let Some(path) = strip_stage(parts.uri.path(), stage.as_deref()) {
             let mut uri = http::uri::Parts::from(parts.uri.clone());
             let pq = match parts.uri.query() {

@@ -12,6 +12,8 @@
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
 //! - [`access`]: client authentication (htpasswd users from a file or a Secrets Manager secret,
 //!   our own tokens) and per-upstream repository allow-lists.
+//! - [`server`]: server mode's connections: accept loop, connection limits and timeouts,
+//!   graceful shutdown.
 //! - [`verify`]: the `verify` command's check that every stored blob matches its name.
 //! - [`config`]: one validated configuration from flags, environment and a TOML file.
 //! - [`lambda`]: Lambda mode: API Gateway / function URL events into the same router, and the
@@ -29,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod lambda;
 pub mod oci;
+pub mod server;
 pub mod spill;
 pub mod store;
 pub mod upstream;
@@ -61,6 +64,22 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// Opens the store named by the configuration to read it, as `verify` does: a filesystem store
+/// must exist already and is not changed in any way (a live server's temporary files stay).
+pub async fn open_existing_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match &config.store {
+        StoreLocation::Fs(root) => FsStore::open_existing(root)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    format!("store directory {} does not exist", root.display())
+                }
+                _ => format!("cannot open store directory {}: {e}", root.display()),
+            }),
+        StoreLocation::S3 { .. } => open_store(config).await,
+    }
+}
+
 /// The application: a registry over `store`, served by one router.
 pub fn app(
     config: Config,
@@ -82,7 +101,9 @@ pub fn build(
         config::ClientAuthSetting::None => None,
         config::ClientAuthSetting::Htpasswd(text) => {
             let users = access::Htpasswd::parse(text)?;
-            Some(Arc::new(access::ClientAuth::new(users, key)?))
+            Some(Arc::new(
+                access::ClientAuth::new(users, key)?.with_limits(&config.auth_limits),
+            ))
         }
         config::ClientAuthSetting::Secret { arn, refresh } => {
             let secrets = services.secrets.clone().ok_or_else(|| {
@@ -90,12 +111,10 @@ pub fn build(
                     "PULLTHROUGH_AUTH names the secret {arn}, but no Secrets Manager client was configured"
                 )
             })?;
-            Some(Arc::new(access::ClientAuth::from_secret(
-                arn.clone(),
-                secrets,
-                *refresh,
-                key,
-            )?))
+            Some(Arc::new(
+                access::ClientAuth::from_secret(arn.clone(), secrets, *refresh, key)?
+                    .with_limits(&config.auth_limits),
+            ))
         }
     };
     let store = Arc::new(store::counted::Counted::new(store));
@@ -133,13 +152,28 @@ pub async fn server_services(config: &Config) -> Result<Services, String> {
     Ok(services)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` with the default connection limits until `shutdown` resolves,
+/// then drains (see [`server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::run(
+        listener,
+        router,
+        config::ConnectionLimits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] under `limits` (`Config::connections`).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: config::ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::run(listener, router, limits, shutdown).await
 }

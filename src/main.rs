@@ -91,6 +91,15 @@ async fn serve_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if verify {
+        return match pullthrough::open_existing_store(&config).await {
+            Ok(store) => run_verify(store.as_ref()).await,
+            Err(e) => {
+                eprintln!("pullthrough: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let store = match pullthrough::open_store(&config).await {
         Ok(s) => s,
         Err(e) => {
@@ -98,9 +107,6 @@ async fn serve_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if verify {
-        return run_verify(store.as_ref()).await;
-    }
     let services = match pullthrough::server_services(&config).await {
         Ok(s) => s,
         Err(e) => {
@@ -109,6 +115,7 @@ async fn serve_main() -> ExitCode {
         }
     };
     let listen = config.listen;
+    let limits = config.connections.clone();
     let router = match pullthrough::build(config, store, Arc::default(), services) {
         Ok((r, _)) => r,
         Err(e) => {
@@ -127,16 +134,39 @@ async fn serve_main() -> ExitCode {
     let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "pullthrough serving");
     eprintln!("pullthrough: serving on http://{listen}");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pullthrough: cannot listen for signals: {e}");
+            return ExitCode::from(2);
+        }
     };
-    match pullthrough::serve(listener, router, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    match pullthrough::serve_with(listener, router, limits, shutdown).await {
+        Ok(()) => {
+            eprintln!("pullthrough: stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("pullthrough: server error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves on the first SIGTERM (systemd, Kubernetes, `docker stop`) or SIGINT (Ctrl-C). The
+/// handlers are installed now, before serving starts, so no signal is lost in between.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down: no new connections");
+        eprintln!("pullthrough: {name} received, shutting down");
+    })
 }
 
 async fn run_verify(store: &dyn pullthrough::store::Store) -> ExitCode {

@@ -52,3 +52,119 @@ fn bad_configuration_stops_with_a_message_naming_the_setting() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// The config for a server in front of `up` (alias `local`) with a shutdown grace of `grace`,
+/// and upstream timeouts long enough that only the shutdown ends a held-back fill.
+fn shutdown_config(up: &common::FakeRegistry, grace: &str) -> String {
+    format!(
+        r#"default_upstream = "local"
+shutdown_grace = "{grace}"
+connect_timeout = "2s"
+request_timeout = "30s"
+read_timeout = "60s"
+
+[[upstream]]
+alias = "local"
+url = "{}"
+insecure = true
+"#,
+        up.url()
+    )
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_exits_0() {
+    use common::*;
+    use std::time::{Duration, Instant};
+
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let big = blob_bytes(200, 64 * 1024 * 1024);
+    let slow = up.put_blob("team/app", big.clone());
+    let quick = up.put_blob("team/app", blob_bytes(201, 100_000));
+    let quick_hex = quick.trim_start_matches("sha256:").to_owned();
+    // The quick request is still waiting for the upstream when the signal comes.
+    up.add_fault(FaultRule::new(Fault::Stall(Duration::from_secs(1))).path(&quick_hex));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let config = dir.path().join("pullthrough.toml");
+    std::fs::write(&config, shutdown_config(&up, "3s")).unwrap();
+    let mut server = ServerProcess::start(&[
+        "--store",
+        store.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let http = reqwest::Client::new();
+
+    // A fill held back by a client that stops reading after the first chunk.
+    let mut held = http
+        .get(format!("{}/v2/team/app/blobs/{slow}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let mut held_bytes = held.chunk().await.unwrap().map_or(0, |c| c.len());
+    let in_flight = tokio::spawn({
+        let url = format!("{}/v2/team/app/blobs/{quick}", server.url);
+        async move { reqwest::get(url).await?.bytes().await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.count("GET", &quick_hex) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the quick request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let pid = server.child.id().to_string();
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+
+    // The request in flight is finished, with the right bytes.
+    let body = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!(sha256(&body), quick);
+    // No new connections once the signal has come.
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The held-back fill outlives the grace period: the server cuts it and exits 0.
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(2500),
+        "exited before the grace period: {:?}",
+        signalled.elapsed()
+    );
+    while let Ok(Some(c)) = held.chunk().await {
+        held_bytes += c.len();
+    }
+    assert!(held_bytes < big.len(), "the held-back response was not cut");
+
+    // Nothing half-published: the finished blob is whole, the cut one absent, no temp files.
+    let (alg, hex) = slow.split_once(':').unwrap();
+    assert!(!store.join("blobs").join(alg).join(hex).exists());
+    let (alg, hex) = quick.split_once(':').unwrap();
+    let stored = std::fs::read(store.join("blobs").join(alg).join(hex)).unwrap();
+    assert_eq!(sha256(&stored), quick);
+    assert!(
+        files_under(&store.join(".tmp")).is_empty(),
+        "temporary files left"
+    );
+}

@@ -743,3 +743,252 @@ async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
         assert!(!log.contains(leak), "{leak:?} logged:\n{log}");
     }
 }
+
+// ---- Bounded password checks: failures limited per client address and per user (429 with
+// Retry-After), bcrypt capped, and a flood of wrong passwords does not hold up a right one.
+
+/// A client whose connections come from `127.0.0.<last>` (all of 127/8 is loopback on Linux),
+/// so one test can play several client addresses.
+fn client_from(last: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .build()
+        .unwrap()
+}
+
+async fn status_from(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: &str,
+) -> reqwest::Response {
+    client
+        .get(url)
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A proxy with htpasswd users (bcrypt `cost`) and `limits` (config lines).
+async fn proxy_with_limits(
+    up: &FakeRegistry,
+    users: &[(&str, &str)],
+    cost: u32,
+    limits: &str,
+) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("htpasswd");
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap()))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    let extra = format!("auth = \"{}\"\n{limits}", path.display());
+    (
+        Proxy::with_config(&local_config_with(&up.url(), &extra)).await,
+        dir,
+    )
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_address_and_per_user_with_429() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let users = [("alice", "s3cret"), ("bob", "hunter2")];
+    let (proxy, _dir) = proxy_with_limits(&up, &users, 4, "auth_failures_per_minute = 3").await;
+    let v2 = format!("{}/v2/", proxy.url);
+    let token_url = format!("{}/token?service=pullthrough", proxy.url);
+
+    // alice logs in once: her password is remembered from now on.
+    assert_eq!(
+        status_from(&client_from(1), &v2, &basic("alice", "s3cret"))
+            .await
+            .status(),
+        200
+    );
+
+    // Per address: three wrong passwords from 127.0.0.2, then 429 with Retry-After, for any
+    // user name and on the token endpoint too.
+    let c2 = client_from(2);
+    for _ in 0..3 {
+        let resp = status_from(&c2, &v2, &basic("alice", "wrong")).await;
+        expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+    }
+    let resp = status_from(&c2, &v2, &basic("carol", "guess")).await;
+    let retry: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    let limited = expect_oci_error(resp, 429, "TOOMANYREQUESTS").await;
+    let resp = status_from(&c2, &token_url, &basic("alice", "wrong")).await;
+    expect_oci_error(resp, 429, "TOOMANYREQUESTS").await;
+    // A remembered password is not held up by the limit, nor is a token.
+    assert_eq!(
+        status_from(&c2, &v2, &basic("alice", "s3cret"))
+            .await
+            .status(),
+        200
+    );
+    let resp = status_from(&c2, &token_url, &basic("alice", "s3cret")).await;
+    let token = resp.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        status_from(&c2, &v2, &format!("Bearer {token}"))
+            .await
+            .status(),
+        200
+    );
+
+    // Per user: wrong passwords for bob from three addresses, and bob is limited from a fourth
+    // (his right password too, until it has been verified once). An unknown user gets exactly
+    // the same answers: nothing tells which users exist.
+    for (user, first) in [("bob", 3u8), ("nobody", 7u8)] {
+        for i in 0..3 {
+            let resp = status_from(&client_from(first + i), &v2, &basic(user, "wrong")).await;
+            expect_oci_error(resp, 401, "UNAUTHORIZED").await;
+        }
+        let resp = status_from(&client_from(first + 3), &v2, &basic(user, "wrong")).await;
+        let msg = expect_oci_error(resp, 429, "TOOMANYREQUESTS").await;
+        let shape = |m: &str| m.replace(|c: char| c.is_ascii_digit(), "");
+        assert_eq!(shape(&msg), shape(&limited), "{user}");
+    }
+    let resp = status_from(&client_from(6), &v2, &basic("bob", "hunter2")).await;
+    expect_oci_error(resp, 429, "TOOMANYREQUESTS").await;
+
+    // A minute later the limits have refilled.
+    proxy.advance(Duration::from_secs(60));
+    assert_eq!(
+        status_from(&client_from(6), &v2, &basic("bob", "hunter2"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        status_from(&c2, &v2, &basic("carol", "guess"))
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_passwords_does_not_delay_a_right_one_beyond_a_bound() {
+    const COST: u32 = 8;
+    // What one bcrypt run costs here (debug builds are slow), to set the bound.
+    let hash = bcrypt::hash("x", COST).unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert!(!bcrypt::verify("y", &hash).unwrap());
+    }
+    let one = started.elapsed() / 3;
+
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let users = [("alice", "s3cret"), ("bob", "hunter2")];
+    let limits = "auth_failures_per_minute = 1\nbcrypt_concurrency = 2\nbcrypt_wait = \"30s\"";
+    let (proxy, _dir) = proxy_with_limits(&up, &users, COST, limits).await;
+    let v2 = format!("{}/v2/", proxy.url);
+    assert_eq!(
+        status_from(&client_from(1), &v2, &basic("alice", "s3cret"))
+            .await
+            .status(),
+        200
+    );
+
+    // 400 wrong passwords at once from 16 addresses, for user names that do not exist.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for a in 0..16u8 {
+        let client = client_from(10 + a);
+        for i in 0..25 {
+            let (client, v2, answered) = (client.clone(), v2.clone(), Arc::clone(&answered));
+            flood.push(tokio::spawn(async move {
+                let resp =
+                    status_from(&client, &v2, &basic(&format!("ghost{a}-{i}"), "guess")).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                resp.status().as_u16()
+            }));
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood got no answer"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // During the flood: a right password never verified before waits at most for the flood's
+    // few admitted checks (16 addresses × 1 failure, two at a time), not for all 400; a
+    // remembered one costs no bcrypt at all.
+    let c = client_from(1);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_from(&c, &v2, &basic("bob", "hunter2"))
+            .await
+            .status(),
+        200
+    );
+    let fresh = started.elapsed();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        status_from(&c, &v2, &basic("alice", "s3cret"))
+            .await
+            .status(),
+        200
+    );
+    let remembered = started.elapsed();
+    let bound = one * 15 + Duration::from_secs(1);
+    assert!(
+        fresh < bound,
+        "a right password took {fresh:?} during the flood (one bcrypt run: {one:?}, bound {bound:?})"
+    );
+    assert!(remembered < Duration::from_secs(1), "{remembered:?}");
+
+    let mut statuses = Vec::new();
+    for f in flood {
+        statuses.push(f.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 16, "{checked} wrong passwords were checked");
+}
+
+#[tokio::test]
+async fn lambda_limits_failed_logins_per_source_ip_of_the_event() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let s3 = S3Server::start().await;
+    let aws = FakeAws::start().await;
+    aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "s3cret")]));
+    let toml = format!(
+        "{}{}",
+        secret_config(&up, USERS_ARN, "auth_failures_per_minute = 2\n"),
+        s3.config_table("")
+    );
+    let f = function(&toml, &s3, &aws, Arc::new(Clock::default())).await;
+    let attempt = |source, user: &'static str| {
+        let f = &f;
+        async move {
+            let authorization = basic(user, "wrong");
+            call(
+                f,
+                source,
+                "GET",
+                "/v2/",
+                &[("authorization", &authorization)],
+            )
+            .await
+        }
+    };
+    // Different user names from the HTTP API event's sourceIp (192.0.2.1): the address runs out.
+    assert_eq!(attempt(Source::HttpApi, "u1").await.status, 401);
+    assert_eq!(attempt(Source::HttpApi, "u2").await.status, 401);
+    let limited = attempt(Source::HttpApi, "u3").await;
+    assert_eq!(limited.status, 429, "{:?}", limited.raw);
+    assert_eq!(limited.json()["errors"][0]["code"], "TOOMANYREQUESTS");
+    assert!(limited.header("retry-after").is_some(), "{:?}", limited.raw);
+    // The function URL event comes from another address (198.51.100.7).
+    assert_eq!(attempt(Source::FunctionUrl, "u4").await.status, 401);
+}

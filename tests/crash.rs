@@ -279,3 +279,82 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     assert!(out.contains(&sha256(b"something else")), "{out}");
     assert!(out.contains("1 bad"), "{out}");
 }
+
+#[test]
+fn verify_of_a_missing_store_directory_is_an_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo");
+    let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+        .args(["verify", "--store", typo.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "pullthrough: store directory {} does not exist",
+            typo.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!typo.exists(), "verify created the directory");
+}
+
+#[tokio::test]
+async fn verify_and_a_second_server_leave_a_live_servers_temporary_files_alone() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(110, 64 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let config = dir.path().join("pullthrough.toml");
+    std::fs::write(&config, local_config(&up.url())).unwrap();
+    let args = [
+        "--store",
+        store.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let server = ServerProcess::start(&args);
+    // A fill in flight, held back by a client that pauses after the first chunk.
+    let mut resp = reqwest::get(format!("{}/v2/team/app/blobs/{d}", server.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().unwrap().to_vec();
+    let tmp = files_under(&store.join(".tmp"));
+    assert!(!tmp.is_empty(), "the fill was not in progress");
+
+    let (code, out) = verify(&store);
+    assert_eq!(code, Some(0), "{out}");
+    // A second server on the same directory starts and serves, but leaves .tmp alone too.
+    let second = ServerProcess::start(&args);
+    let ok = reqwest::get(format!("{}/v2/", second.url)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    for f in &tmp {
+        assert!(
+            f.exists(),
+            "{} was removed under the live server",
+            f.display()
+        );
+    }
+
+    // The first server's fill completes and is published whole.
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), data.len());
+    assert_eq!(sha256(&got), d);
+    let (alg, hex) = d.split_once(':').unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.join("blobs").join(alg).join(hex).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill was not published"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (code, out) = verify(&store);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("checked 1 blobs"), "{out}");
+}

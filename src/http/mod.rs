@@ -66,6 +66,7 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let client = client_addr(&req);
     let ok = match header {
         None => false,
         Some(header) => {
@@ -74,10 +75,16 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
                 Ok(u) => u,
                 Err(e) => return e.into_response(),
             };
-            // bcrypt is deliberately slow: keep it off the async workers.
-            tokio::task::spawn_blocking(move || users.authenticate(Some(&header), now).is_some())
-                .await
-                .unwrap_or(false)
+            match basic_credentials(&header) {
+                Some((user, password)) => {
+                    match auth.check_basic(users, user, password, client, now).await {
+                        Ok(ok) => ok,
+                        Err(e) => return e.into_response(),
+                    }
+                }
+                // A token (cheap to check), or nothing we know.
+                None => !is_basic(&header) && users.authenticate(Some(&header), now).is_some(),
+            }
         }
     };
     if ok {
@@ -96,6 +103,28 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     resp
+}
+
+/// The client's address, when the server or the Lambda event says it.
+fn client_addr(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<crate::access::ClientAddr>()
+        .map(|a| a.0)
+}
+
+fn is_basic(authorization: &str) -> bool {
+    authorization
+        .trim()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+}
+
+/// The user and password of `Authorization: Basic …`.
+fn basic_credentials(authorization: &str) -> Option<(String, String)> {
+    if !is_basic(authorization) {
+        return None;
+    }
+    crate::access::decode_basic(authorization.trim()[6..].trim())
 }
 
 /// The absolute URL of our token endpoint as the client reaches us (Host, and
@@ -125,14 +154,20 @@ fn token_realm(headers: &HeaderMap) -> String {
 /// `Authorization: Basic` (the GET of docker, podman and skopeo), or as the form fields of an
 /// OAuth2 password grant (`POST`, `grant_type=password&username=…&password=…`), which
 /// containerd tries first when it has credentials.
-async fn token(
-    State(state): State<AppState>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn token(State(state): State<AppState>, req: Request) -> Response {
     let Some(auth) = &state.auth else {
         return Error::not_found(Code::Unsupported, "client authentication is off").into_response();
+    };
+    let client = client_addr(&req);
+    let (parts, body) = req.into_parts();
+    let (method, headers) = (parts.method, parts.headers);
+    let body = if method == Method::POST {
+        match axum::body::to_bytes(body, MAX_QUERY_LEN).await {
+            Ok(b) => b,
+            Err(_) => Bytes::new(),
+        }
+    } else {
+        Bytes::new()
     };
     let now = state.registry.now_ms();
     let grant = if method == Method::POST {
@@ -144,25 +179,25 @@ async fn token(
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.trim()
-                    .strip_prefix("Basic ")
-                    .or(v.trim().strip_prefix("basic "))
-            })
-            .and_then(|v| crate::access::decode_basic(v.trim()))
+            .and_then(basic_credentials)
     });
-    let users = match credentials {
+    let user = match credentials {
         None => None,
-        Some(credentials) => match auth.users(now).await {
-            Ok(users) => Some((users, credentials)),
-            Err(e) => return e.into_response(),
-        },
+        Some((u, p)) => {
+            let users = match auth.users(now).await {
+                Ok(users) => users,
+                Err(e) => return e.into_response(),
+            };
+            match auth
+                .check_basic(Arc::clone(&users), u.clone(), p, client, now)
+                .await
+            {
+                Ok(true) => Some((users, u)),
+                Ok(false) => None,
+                Err(e) => return e.into_response(),
+            }
+        }
     };
-    let user = tokio::task::spawn_blocking(move || {
-        users.and_then(|(users, (u, p))| users.check_password(&u, &p, now).then_some((users, u)))
-    })
-    .await
-    .unwrap_or(None);
     let Some((users, user)) = user else {
         let mut resp = Error::new(
             StatusCode::UNAUTHORIZED,

@@ -3,7 +3,12 @@
 //! Every write goes to a temporary file under `<root>/.tmp/` and is published by `rename`, which
 //! is atomic within one filesystem, so a reader sees a whole object or none. Streamed writes are
 //! flushed to disk before the rename, so a crash never leaves a short file under a final name.
-//! Leftover temporary files (a crash mid-write) are removed at start-up.
+//! Leftover temporary files (a crash mid-write) are removed at start-up by the process that
+//! holds the store's lock (an advisory `flock` on the root directory, kept for the life of the
+//! store):
+//! a second server started on the same directory leaves `.tmp` alone, since files there may be
+//! the first one's writes in flight. [`FsStore::open_existing`] (for `verify`) creates nothing
+//! and never touches `.tmp`.
 
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -21,26 +26,58 @@ pub struct FsStore {
     tmp: PathBuf,
     /// Makes temporary file names unique within the process (the pid makes them unique across).
     counter: AtomicU64,
+    /// The root directory, locked while this store lives, when it was free at opening.
+    _lock: Option<std::fs::File>,
 }
 
 const TMP_DIR: &str = ".tmp";
 
 impl FsStore {
-    /// Opens (creating if needed) a store rooted at `root`, clearing abandoned temporary files.
+    /// Opens (creating if needed) a store rooted at `root`. When no other process holds the
+    /// store's lock, takes it and clears abandoned temporary files.
     pub fn open(root: impl Into<PathBuf>) -> std::io::Result<FsStore> {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
         std::fs::create_dir_all(&root)?;
-        match std::fs::remove_dir_all(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let lock = std::fs::File::open(&root)?;
+        let lock = match lock.try_lock() {
+            Ok(()) => {
+                match std::fs::remove_dir_all(&tmp) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                Some(lock)
+            }
+            Err(_) => {
+                tracing::info!(store = %root.display(), "another process holds the store's lock: its temporary files are left alone");
+                None
+            }
+        };
         std::fs::create_dir_all(&tmp)?;
         Ok(FsStore {
             root,
             tmp,
             counter: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    /// Opens an existing store to read it: creates nothing, removes nothing (`verify`, beside a
+    /// live server). A missing directory is a `NotFound` error.
+    pub fn open_existing(root: impl Into<PathBuf>) -> std::io::Result<FsStore> {
+        let root = root.into();
+        if !std::fs::metadata(&root)?.is_dir() {
+            return Err(std::io::Error::new(
+                ErrorKind::NotADirectory,
+                "not a directory",
+            ));
+        }
+        Ok(FsStore {
+            tmp: root.join(TMP_DIR),
+            root,
+            counter: AtomicU64::new(0),
+            _lock: None,
         })
     }
 

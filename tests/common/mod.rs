@@ -174,6 +174,7 @@ impl Proxy {
         services: Services,
     ) -> Proxy {
         let clock = Arc::new(Clock::default());
+        let limits = config.connections.clone();
         let (router, _) =
             pullthrough::build(config, store, Arc::clone(&clock), services).expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -181,7 +182,7 @@ impl Proxy {
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(pullthrough::serve(listener, router, async {
+        tokio::spawn(pullthrough::serve_with(listener, router, limits, async {
             let _ = rx.await;
         }));
         Proxy {
