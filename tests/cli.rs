@@ -84,6 +84,12 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
     let quick_hex = quick.trim_start_matches("sha256:").to_owned();
     // The quick request is still waiting for the upstream when the signal comes.
     up.add_fault(FaultRule::new(Fault::Stall(Duration::from_secs(1))).path(&quick_hex));
+    // The slow fill gets half of its bytes, then nothing (the upstream holds the rest).
+    up.add_fault(
+        FaultRule::new(Fault::Hold { at: big.len() / 2 })
+            .method("GET")
+            .path(slow.trim_start_matches("sha256:")),
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let config = dir.path().join("pullthrough.toml");
@@ -96,7 +102,7 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
     ]);
     let http = reqwest::Client::new();
 
-    // A fill held back by a client that stops reading after the first chunk.
+    // A fill held back by its upstream, with a client streaming it.
     let mut held = http
         .get(format!("{}/v2/team/app/blobs/{slow}", server.url))
         .send()

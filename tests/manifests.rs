@@ -890,6 +890,15 @@ async fn a_layer_digest_on_the_manifests_endpoint_is_manifest_unknown_without_re
             assert_eq!(resp.status(), 200);
             assert_eq!(sha256(&resp.bytes().await.unwrap()), *d);
         }
+        // Over S3 the marker follows the upload, after the client has its bytes: wait for it
+        // (a blob HEAD answered from the remembered marker costs no store call).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for d in [&digest, &small] {
+            while store_calls(&proxy.head(&format!("/v2/team/app/blobs/{d}"), None).await) != 0 {
+                assert!(std::time::Instant::now() < deadline, "never marked");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let path = format!("/v2/team/app/manifests/{digest}");
         let cold = if s3 {
             proxy

@@ -212,14 +212,29 @@ impl Binary {
 }
 
 /// GET a blob from the binary: a 307 whose Location `follower` fetches to the exact bytes.
+/// The blob's 307 to S3: a cold blob is first streamed by the binary (checked) while it uploads;
+/// once uploaded and marked, the answer is the redirect.
+async fn redirect_to_blob(bin: &Binary, d: &str, data: &Bytes) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let resp = bin
+            .client()
+            .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 307 {
+            return resp;
+        }
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&resp.bytes().await.unwrap(), data);
+        assert!(std::time::Instant::now() < deadline, "never redirected");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn pull_blob(bin: &Binary, follower: &reqwest::Client, d: &str, data: &Bytes) {
-    let resp = bin
-        .client()
-        .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 307);
+    let resp = redirect_to_blob(bin, d, data).await;
     let location = header(&resp, "location").unwrap().to_owned();
     let body = follower
         .get(&location)
@@ -278,12 +293,7 @@ async fn the_binary_takes_the_endpoint_and_region_from_the_aws_environment() {
     )
     .await
     .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
-    let resp = bin
-        .client()
-        .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = redirect_to_blob(&bin, &d, &data).await;
     let location = header(&resp, "location").unwrap().to_owned();
     assert!(
         location.starts_with(&format!("{}/{}/blobs/", server.endpoint, server.bucket)),

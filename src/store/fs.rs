@@ -91,7 +91,8 @@ impl FsStore {
 
     fn tmp_path(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("{}-{n}", crate::spill::process_tag()))
+        self.tmp
+            .join(format!("{}-{n}", crate::spill::process_tag()))
     }
 
     async fn publish(&self, tmp: &Path, key: &Key) -> Result<(), StoreError> {
