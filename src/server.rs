@@ -59,6 +59,10 @@ pub async fn run(
 ) -> io::Result<()> {
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusals hold their socket for up to 3 s (to deliver the 503): bounded too, so that a
+    // flood of connections cannot pile up sockets through them. Past it, a connection is closed
+    // at once.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -89,7 +93,12 @@ pub async fn run(
             }
             Err(_) => {
                 tracing::warn!(client = %addr, max = limits.max_connections, "connection refused: too many connections");
-                tasks.spawn(refuse(stream));
+                if let Ok(turn) = Arc::clone(&refusals).try_acquire_owned() {
+                    tasks.spawn(async move {
+                        refuse(stream).await;
+                        drop(turn);
+                    });
+                }
             }
         }
     }
@@ -116,6 +125,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Connections being refused at once (each answered a 503 within about 3 s).
+const MAX_REFUSALS: usize = 256;
 
 /// Errors of one incoming connection (it went away before we took it), not of the listener.
 fn is_connection_error(e: &io::Error) -> bool {
