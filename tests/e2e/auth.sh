@@ -87,7 +87,11 @@ auth_setup() {
     AUTH_PIDS+=("$LAST_PID")
     wait_http "http://$UP/v2/" "$LAST_PID" "upstream registry" || return 1
 
-    printf '%s\n' 'default_upstream = "up.local"' '' '[[upstream]]' 'alias = "up.local"' \
+    # Every client here comes from 127.0.0.1 and this section tries many wrong passwords on
+    # purpose: a high failure limit lets each of them reach the password check (the limit
+    # itself, 429 + Retry-After, is tested in tests/client_auth.rs).
+    printf '%s\n' 'default_upstream = "up.local"' 'auth_failures_per_minute = 1000' '' \
+        '[[upstream]]' 'alias = "up.local"' \
         "url = \"http://$UP\"" 'insecure = true' >"$AUTH_DIR/pullthrough.toml" || return 1
     NO_COLOR=1 RUST_LOG=debug PULLTHROUGH_AUTH=$AUTH_DIR/htpasswd PULLTHROUGH_TOKEN_KEY=$AUTH_TOKEN_KEY \
         start_bg "auth: pullthrough on $PROXY (PULLTHROUGH_AUTH, RUST_LOG=debug)" "$PT_LOG" \
