@@ -506,7 +506,11 @@ insecure = true
 EOF
 export CONTAINERS_REGISTRIES_CONF=$WORK/registries.conf
 
-registry_config "$WORK/upstream.yml" "$P_UP" "$WORK/upstream-data"
+# schema1 pushes are accepted for the signed schema1 fixture (distribution 2.8 refuses them by
+# default); the registry re-signs such a manifest on every GET.
+registry_config "$WORK/upstream.yml" "$P_UP" "$WORK/upstream-data" "compatibility:
+  schema1:
+    enabled: true"
 start_upstream() {
     start_bg "upstream registry on $UP" "$UP_LOG" docker-registry serve "$WORK/upstream.yml"
     UP_PID=$LAST_PID
@@ -564,6 +568,27 @@ add_inspect "multiarch.tag" "$MULTIARCH_REPO:$MULTIARCH_TAG" "$MULTIARCH_SHORT:$
 add_inspect "dockerlist.tag" "$DOCKERLIST_REPO:$DOCKERLIST_TAG" "docker.io/$DOCKERLIST_REPO:$DOCKERLIST_TAG" ""
 add_inspect "multiarch.child-amd64" "$MULTIARCH_REPO@$MULTIARCH_CHILD_AMD64" \
     "index.docker.io/$MULTIARCH_REPO@$MULTIARCH_CHILD_AMD64" ""
+
+# A signed schema1 image: skopeo converts the manylayers fixture (--format v2s1) and signs it.
+# The upstream answers every GET with a fresh signature (other bytes) under one digest, the
+# sha256 of the JWS payload; $WORK/schema1.digest is that digest, as the upstream names it
+# (checks run in subshells: a file, not a variable).
+SCHEMA1_REPO=e2e/schema1
+push_schema1() {
+    local a b
+    sk copy --format v2s1 --dest-tls-verify=false \
+        "oci:$(fx manylayers PATH):$(fx manylayers REF)" "docker://$UP/$SCHEMA1_REPO:v1"
+    a=$(curl -sSf -D - -o "$WORK/schema1.a" -H "Accept: $SCHEMA1_TYPE" \
+        "http://$UP/v2/$SCHEMA1_REPO/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
+    b=$(curl -sSf -D - -o "$WORK/schema1.b" -H "Accept: $SCHEMA1_TYPE" \
+        "http://$UP/v2/$SCHEMA1_REPO/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
+    echo "digests $a $b"
+    [[ -n $a && $a == "$b" ]]
+    ! cmp -s "$WORK/schema1.a" "$WORK/schema1.b" || { echo "not re-signed"; return 1; }
+    echo "$a" >"$WORK/schema1.digest"
+}
+SCHEMA1_TYPE=application/vnd.docker.distribution.manifest.v1+prettyjws
+check "upstream: push a signed schema1 image (re-signed on every GET, one payload digest)" push_schema1
 
 token_anonymous_refused() {
     local hdrs
@@ -936,6 +961,21 @@ accept_negotiation() {
     grep '"MANIFEST_UNKNOWN"' "$CUR_OUT.px"
 }
 
+schema1_pulls() {
+    # Through the proxy the schema1 image is known by the upstream's (payload) digest: skopeo
+    # inspect by tag names it, a copy by that digest works, and so does a copy by tag with
+    # --preserve-digests (which fails on any other digest).
+    local got want
+    want=$(cat "$WORK/schema1.digest")
+    got=$(sk inspect --tls-verify=false --format '{{.Digest}}' "docker://$PROXY/$SCHEMA1_REPO:v1")
+    echo "proxy: $got, upstream: $want"
+    [[ -n $want && $got == "$want" ]]
+    rm -rf "$CUR_OUT.s1a" "$CUR_OUT.s1b"
+    sk copy --src-tls-verify=false "docker://$PROXY/$SCHEMA1_REPO@$want" "dir:$CUR_OUT.s1a"
+    sk copy --preserve-digests --src-tls-verify=false "docker://$PROXY/$SCHEMA1_REPO:v1" "dir:$CUR_OUT.s1b"
+    rm -rf "$CUR_OUT.s1a" "$CUR_OUT.s1b"
+}
+
 tags_list_relayed() {
     curl -sSf -o "$CUR_OUT.up" "http://$UP/v2/$MULTIARCH_REPO/tags/list"
     curl -sSf -o "$CUR_OUT.px" "http://$PROXY/v2/$MULTIARCH_SHORT/tags/list"
@@ -1101,6 +1141,8 @@ test_store() {
     check "$p tag moved upstream: kept within the TTL, new digest after it" tag_moves_upstream
     check "$p Accept negotiation: single-manifest clients get the linux/amd64 child" accept_negotiation
     check "$p tags/list relayed from the upstream" tags_list_relayed
+    check "$p signed schema1 (re-signed upstream): inspect, copy by payload digest, --preserve-digests" \
+        schema1_pulls
     STAGE="store $STORE: stopping the upstream"
     stop_pid "$UP_PID"
     check "$p upstream down: stale tag served with Warning 299, uncached 503, cached blob 200" upstream_down
