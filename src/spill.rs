@@ -1,19 +1,16 @@
 //! Spill files: a blob fill's bytes on local disk, read by any number of parties at their own pace.
 //!
 //! A fill writes the upstream's bytes into one [`Spill`] as fast as the upstream sends them and
-//! never waits for a reader. Every reader (each client streaming the blob, and the S3 upload) has
+//! never waits for a reader. Every reader (each client streaming the blob, and an upload) has
 //! its own position and reads the file with positional reads, following the written length: a
 //! reader that stops reading holds only itself (and keeps the file alive until it goes), never
 //! the writer and never another reader.
 //!
-//! Bytes are sacred: a client reader never receives the blob's last byte (with a known length) or
-//! its end (without one) before the fill declares the spill [`Spill::complete`], which the fill
-//! does only after the digest and length were verified. On [`Spill::fail`] every client reader
-//! ends with an error instead, so its client sees a cut-off body and retries. An
-//! [`Audience::Upload`] reader sees a failure as soon as the fill [`Spill::abort`]s, while
-//! client readers keep waiting until [`Spill::fail`]: the store cleans up (aborts its upload)
-//! before any client learns of the failure, so a client that retries at once finds nothing half
-//! done.
+//! Bytes are sacred: a reader never receives the blob's last byte (with a known length) or its
+//! end (without one) before the fill declares the spill [`Spill::complete`], which the fill does
+//! only after the digest and length were verified. On [`Spill::fail`] the file is removed and
+//! every reader ends with an error instead, so its client sees a cut-off body and retries, and
+//! finds nothing of the failed fill.
 //!
 //! A spill file is removed when the last handle to it goes (writer, readers, the fill's
 //! registry entry); the bytes it reserved in its [`SpillDir`] are given back then. This module
@@ -154,19 +151,8 @@ enum End {
     Open,
     /// Verified (and, where the fill says so, stored): readers may read to the end.
     Complete,
-    /// The bytes are bad or the copy broke; the store is cleaning up. Upload readers fail now,
-    /// client readers wait for [`End::Failed`].
-    Aborting(Arc<str>),
     /// Every reader fails with this message.
     Failed(Arc<str>),
-}
-
-/// Who reads: a client (who must not see a failure before the store cleaned up) or the store's
-/// upload (which must see it first, to abort).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Audience {
-    Client,
-    Upload,
 }
 
 /// One blob's bytes on local disk, being written by its fill.
@@ -234,7 +220,7 @@ impl Spill {
 
     /// Copies `body` into the file at the body's own pace, telling readers after every write.
     /// Returns the bytes written, or the body's error (nothing is declared to readers then: the
-    /// caller decides between [`Spill::abort`] and [`Spill::fail`]).
+    /// caller cleans up, then calls [`Spill::fail`]).
     pub async fn write_from<S, E>(&self, mut body: S) -> Result<u64, SpillError<E>>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -292,14 +278,8 @@ impl Spill {
         self.progress.send_modify(|p| p.end = End::Complete);
     }
 
-    /// The fill failed: upload readers fail now; clients wait for [`Spill::fail`].
-    pub fn abort(&self, message: &str) {
-        self.progress
-            .send_modify(|p| p.end = End::Aborting(message.into()));
-    }
-
-    /// The fill failed and the store has cleaned up: the file is removed (readers keep their
-    /// open handle) and every reader fails. A client that retries finds nothing of this fill.
+    /// The fill failed: the file is removed (readers keep their open handle) and every reader
+    /// fails. A client that retries finds nothing of this fill.
     pub fn fail(&self, message: &str) {
         let _ = std::fs::remove_file(&self.path);
         self.progress
@@ -319,7 +299,6 @@ impl Spill {
     pub fn reader(
         self: &Arc<Self>,
         range: Option<(u64, u64)>,
-        audience: Audience,
     ) -> BoxStream<'static, io::Result<Bytes>> {
         let (pos, stop) = match range {
             Some((first, last)) => (first, Some(last + 1)),
@@ -330,7 +309,6 @@ impl Spill {
             progress: self.progress.subscribe(),
             pos,
             stop,
-            audience,
         };
         futures_util::stream::unfold(Some(state), |s| async move {
             let mut s = s?;
@@ -351,7 +329,6 @@ struct ReaderState {
     pos: u64,
     /// One past the last byte wanted; `None`: to the end of the blob.
     stop: Option<u64>,
-    audience: Audience,
 }
 
 impl ReaderState {
@@ -361,11 +338,8 @@ impl ReaderState {
             let readable = match &p.end {
                 End::Complete => p.written,
                 End::Failed(m) => return Err(io::Error::other(m.to_string())),
-                End::Aborting(m) if self.audience == Audience::Upload => {
-                    return Err(io::Error::other(m.to_string()));
-                }
                 // Held short of the end until the bytes are verified.
-                End::Open | End::Aborting(_) => match self.spill.len {
+                End::Open => match self.spill.len {
                     Some(len) => p.written.min(len.saturating_sub(1)),
                     None => p.written,
                 },
@@ -452,7 +426,7 @@ mod tests {
         for complete in [true, false] {
             let path = dir.path().join(format!("s-{complete}"));
             let spill = Spill::create(path.clone(), Some(4), None).await.unwrap();
-            let mut reader = spill.reader(None, Audience::Client);
+            let mut reader = spill.reader(None);
             let body =
                 futures_util::stream::iter([Ok::<_, io::Error>(Bytes::from_static(b"abcd"))]);
             assert_eq!(spill.write_from(body).await.unwrap(), 4);
@@ -464,11 +438,6 @@ mod tests {
                 assert_eq!(reader.next().await.unwrap().unwrap(), &b"d"[..]);
                 assert!(reader.next().await.is_none());
             } else {
-                spill.abort("bad digest");
-                assert!(
-                    reader.next().now_or_never().is_none(),
-                    "clients wait for cleanup"
-                );
                 spill.fail("bad digest");
                 assert!(reader.next().await.unwrap().is_err());
                 assert!(reader.next().await.is_none());
@@ -483,7 +452,7 @@ mod tests {
         let spill = Spill::create(dir.path().join("s"), Some(4), None)
             .await
             .unwrap();
-        let mut waiting = spill.reader(None, Audience::Client);
+        let mut waiting = spill.reader(None);
         assert!(waiting.next().now_or_never().is_none());
         spill.fail_unless_ended("stopped");
         assert!(waiting.next().await.unwrap().is_err());
@@ -495,7 +464,7 @@ mod tests {
         done.write_from(body).await.unwrap();
         done.complete();
         done.fail_unless_ended("stopped");
-        let mut reader = done.reader(None, Audience::Client);
+        let mut reader = done.reader(None);
         assert_eq!(reader.next().await.unwrap().unwrap(), &b"x"[..]);
         assert!(
             reader.next().await.is_none(),

@@ -5,7 +5,7 @@
 //! **A fill never waits for its slowest party.** In server mode a fill copies the upstream's
 //! bytes, hashing them, into a spill file ([`crate::spill`]) at the upstream's pace: the
 //! filesystem store's own temporary file (adopted as the object when verified), or a file in the
-//! bounded spill directory for S3 (which the multipart upload reads behind the writer). Every
+//! bounded spill directory for S3 (uploaded from there once verified). Every
 //! request for the blob during the fill, the one that started it and every joiner, with or
 //! without a `Range`, streams from that file at its own pace; a stalled client holds only its
 //! own connection. A client gets the blob's last byte only once the bytes are verified (and, for
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::{Marker, Registry, Target};
 use crate::error::{Code, Error, Wanted};
 use crate::oci::{Digest, FillError, VerifyingStream};
-use crate::spill::{Audience, Reservation, Spill, SpillError};
+use crate::spill::{Reservation, Spill, SpillError};
 use crate::store::{BlobRead, RangeRequest, keys};
 
 /// How a blob GET is answered.
@@ -60,7 +60,7 @@ pub(super) type StageTx = watch::Sender<FillStage>;
 enum SpillPlace {
     /// The store's own temporary file, adopted as the object when verified (filesystem).
     Adopt(std::path::PathBuf),
-    /// A file in the spill directory, uploaded behind the writer (S3).
+    /// A file in the spill directory, uploaded once verified (S3).
     Upload(std::path::PathBuf, Reservation),
 }
 
@@ -261,7 +261,7 @@ impl Registry {
                     return Ok(Some(BlobAnswer::Stored(BlobRead::Stream {
                         total,
                         range: None,
-                        body: spill.reader(None, Audience::Client),
+                        body: spill.reader(None),
                     })));
                 }
                 (Some(total), Some(r)) => {
@@ -270,7 +270,7 @@ impl Registry {
                         Some(r) => BlobRead::Stream {
                             total,
                             range: Some(r),
-                            body: spill.reader(Some((r.first, r.last)), Audience::Client),
+                            body: spill.reader(Some((r.first, r.last))),
                         },
                     };
                     return Ok(Some(BlobAnswer::Stored(read)));
@@ -278,7 +278,7 @@ impl Registry {
                 (None, None) => {
                     return Ok(Some(BlobAnswer::Passthrough {
                         len: None,
-                        body: spill.reader(None, Audience::Client),
+                        body: spill.reader(None),
                     }));
                 }
                 // A range of a blob of unknown length is answered once it is stored.
@@ -415,8 +415,8 @@ impl Registry {
 
     /// The fill through a spill file: written at the upstream's pace while every request of the
     /// fill streams from it. Filesystem: the file is adopted as the object, marked, and only then
-    /// do readers get its last byte. S3: the upload reads the file behind the writer; readers get
-    /// the last byte as soon as the bytes are verified, the marker follows the completed upload.
+    /// do readers get its last byte. S3: readers get the last byte as soon as the bytes are
+    /// verified; then the file is uploaded, and the marker follows the completed upload.
     async fn fill_through_spill<S>(
         &self,
         target: &Target,
@@ -463,33 +463,25 @@ impl Registry {
             }
             return result;
         }
-        let upload = self.store.put_stream(
-            &key,
-            len,
-            spill
-                .reader(None, Audience::Upload)
-                .map(|r| r.map_err(|e| FillError::Source(e.to_string())))
-                .boxed(),
-        );
-        let write = async {
-            let written = spill.write_from(verified).await.map_err(spill_error);
-            match &written {
-                Ok(_) => spill.complete(),
-                // The upload sees this and aborts; clients learn of it after that.
-                Err(e) => spill.abort(&e.message),
-            }
-            written
-        };
-        let (written, uploaded) = tokio::join!(write, upload);
-        let size = match written {
+        // S3: the upload starts once the bytes are verified, from the complete spill file. The
+        // clients meanwhile get the machine to themselves (on a small one, an upload running
+        // alongside slows every client down), bad bytes never reach S3, and nothing needs
+        // aborting when they are bad; later requests stream from the file until the blob is
+        // published.
+        let size = match spill.write_from(verified).await.map_err(spill_error) {
             Ok(size) => size,
             Err(e) => {
                 spill.fail(&e.message);
                 return Err(e);
             }
         };
+        spill.complete();
+        let body = spill
+            .reader(None)
+            .map(|r| r.map_err(|e| FillError::Source(e.to_string())))
+            .boxed();
         // The clients have their verified bytes whatever happens to the upload now.
-        uploaded?;
+        self.store.put_stream(&key, len, body).await?;
         self.write_marker(target, digest, &Marker::blob(size))
             .await?;
         Ok(size)
