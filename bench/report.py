@@ -209,7 +209,7 @@ def main():
 
     print(f"Ratios are pullthrough / distribution unless the measure says otherwise (lower is better "
           f"for times, latencies, requests, bytes and memory). pullthrough runs with its default "
-          f"settings (cold blobs streamed from a spill file while the S3 upload runs behind) except in "
+          f"settings (cold blobs streamed from a spill file, uploaded to S3 once verified) except in "
           f"rows that name a setting. Manifest GETs: {a.requests} requests at concurrency "
           f"{a.concurrency} (after 50 unmeasured), e2e/manylayers, OCI manifest.")
     print()
