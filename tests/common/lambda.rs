@@ -120,7 +120,7 @@ impl FakeAws {
             Some((ca, _, _)) => {
                 let tls = TlsListener {
                     tcp: listener,
-                    acceptor: tls_acceptor(ca),
+                    acceptor: ca.tls_acceptor(),
                 };
                 (
                     format!("https://{addr}"),
@@ -331,20 +331,6 @@ async fn aws_handler(State(ctx): State<Ctx>, req: Request) -> Response {
         answer.1,
     )
         .into_response()
-}
-
-fn tls_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![ca.cert_der.clone().into()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(ca.key_der.clone().into()),
-        )
-        .expect("TLS server config");
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A TCP listener whose connections are TLS-terminated, for `axum::serve`. A failed handshake

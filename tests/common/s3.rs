@@ -290,6 +290,21 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    /// A TLS acceptor presenting this CA's certificate (for 127.0.0.1 and localhost).
+    pub fn tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.cert_der.clone().into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
+            )
+            .expect("TLS server config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     pub fn generate() -> TestCa {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -375,19 +390,7 @@ impl S3Server {
             std::fs::write(&path, &ca.ca_pem).expect("write CA file");
             (ca, path)
         });
-        let acceptor = ca.as_ref().map(|(ca, _)| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![ca.cert_der.clone().into()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(ca.key_der.clone().into()),
-                )
-                .expect("TLS server config");
-            tokio_rustls::TlsAcceptor::from(Arc::new(config))
-        });
+        let acceptor = ca.as_ref().map(|(ca, _)| ca.tls_acceptor());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
