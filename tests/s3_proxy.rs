@@ -546,21 +546,33 @@ async fn a_failed_upload_still_serves_the_streaming_client_and_publishes_nothing
     let resp = proxy.get(&path, None).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), data);
-    // The fill ends (upload aborted) without publishing.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !proxy.s3().multipart_uploads().await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upload never aborted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The upload (started once the bytes were verified) fails and is aborted; nothing is
+    // published.
+    proxy
+        .s3()
+        .wait_for("the upload aborted", |calls| {
+            calls.iter().any(|c| c.op == "AbortMultipartUpload")
+        })
+        .await;
+    proxy.s3().assert_no_uploads().await;
     assert_eq!(proxy.s3().blob_keys("").await, Vec::<String>::new());
 
+    // Once S3 recovers, a request fills the blob again (one that arrives while the failed
+    // fill is still ending streams from its spill file, with the same bytes).
     proxy.s3().clear_faults();
-    let resp = proxy.get(&path, None).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.bytes().await.unwrap(), data);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while up.count_authorized("GET", &format!("/blobs/{d}")) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never filled again");
+        let resp = proxy.get(&path, None).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap(), data);
+    }
+    let (alg, hex) = d.split_once(':').unwrap();
+    let key = format!("blobs/{alg}/{hex}");
+    while !proxy.s3().blob_keys("").await.contains(&key) {
+        assert!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 2);
 }
 
