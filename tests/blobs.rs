@@ -693,3 +693,34 @@ async fn a_full_spill_directory_falls_back_to_copy_then_redirect() {
         "no log line says why the blob was not streamed:\n{log}"
     );
 }
+
+/// A spill directory that cannot be created (here: below a regular file) does not stop the
+/// server: cold blobs over S3 are copied, then redirected, as with a full one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spill_directory_falls_back_to_copy_then_redirect() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(45, 2 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let server = S3Server::start().await;
+    let toml = format!(
+        "{}{}\n[spill]\ndir = \"{}\"\n",
+        local_config(&up.url()),
+        server.config_table(""),
+        file.join("spill").display()
+    );
+    let proxy = Proxy::with_s3_config(&toml, server).await;
+    let resp = proxy.get(&format!("/v2/team/app/blobs/{d}"), None).await;
+    assert_eq!(resp.status(), 307, "copied, then redirected");
+    let location = header(&resp, "location").unwrap().to_owned();
+    let body = proxy
+        .s3()
+        .plain_client()
+        .get(location)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.bytes().await.unwrap(), data);
+}

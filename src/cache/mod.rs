@@ -221,18 +221,18 @@ impl Registry {
             && store.serves_by_redirect()
             && config.s3.stream_misses
         {
-            let dir = crate::spill::SpillDir::open(&config.spill.dir, config.spill.max_bytes)
-                .map_err(|e| {
-                    Error::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        Code::Unavailable,
-                        format!(
-                            "cannot open the spill directory {}: {e}",
-                            config.spill.dir.display()
-                        ),
-                    )
-                })?;
-            Some(dir)
+            // A directory that cannot be used (a read-only file system, say) does not stop the
+            // server: its cold blobs are copied, then redirected, as with a full one.
+            match crate::spill::SpillDir::open(&config.spill.dir, config.spill.max_bytes) {
+                Ok(dir) => Some(dir),
+                Err(e) => {
+                    tracing::warn!(
+                        spill_dir = %config.spill.dir.display(), error = %e,
+                        "spill directory unusable: cold blobs are copied to the store, then redirected; set [spill] dir"
+                    );
+                    None
+                }
+            }
         } else {
             None
         };
