@@ -371,6 +371,16 @@ enum FileSize {
     Text(String),
 }
 
+impl FileSize {
+    /// The size in bytes; `name` says which setting in an error.
+    fn bytes(&self, name: &str) -> Result<u64, ConfigError> {
+        match self {
+            FileSize::Bytes(n) => Ok(*n),
+            FileSize::Text(t) => parse_size(t).map_err(|e| err(format!("{name}: {e}"))),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileUpstream {
@@ -702,10 +712,8 @@ fn size_setting(
     range: std::ops::RangeInclusive<usize>,
 ) -> Result<usize, ConfigError> {
     let n = match (flag, file) {
-        (Some(t), _) | (None, Some(FileSize::Text(t))) => {
-            parse_size(t).map_err(|e| err(format!("{name}: {e}")))? as usize
-        }
-        (None, Some(FileSize::Bytes(n))) => *n as usize,
+        (Some(t), _) => parse_size(t).map_err(|e| err(format!("{name}: {e}")))? as usize,
+        (None, Some(size)) => size.bytes(name)? as usize,
         (None, None) => default,
     };
     if !range.contains(&n) {
@@ -1027,12 +1035,9 @@ fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
             "[s3] parts_in_flight = {parts_in_flight}: must be between 1 and 64 (default 4)"
         )));
     }
-    let part_size = match f.part_size {
+    let part_size = match &f.part_size {
         None => defaults.part_size,
-        Some(FileSize::Bytes(n)) => n,
-        Some(FileSize::Text(t)) => {
-            parse_size(&t).map_err(|e| err(format!("[s3] part_size: {e}")))?
-        }
+        Some(size) => size.bytes("[s3] part_size")?,
     };
     if !(5 * MIB..=5 * 1024 * MIB).contains(&part_size) {
         return Err(err(format!(
@@ -1066,12 +1071,9 @@ fn spill_from_file(f: FileSpill) -> Result<SpillSettings, ConfigError> {
         Some(d) => d,
         None => defaults.dir,
     };
-    let max_bytes = match f.max_size {
+    let max_bytes = match &f.max_size {
         None => defaults.max_bytes,
-        Some(FileSize::Bytes(n)) => n,
-        Some(FileSize::Text(t)) => {
-            parse_size(&t).map_err(|e| err(format!("[spill] max_size: {e}")))?
-        }
+        Some(size) => size.bytes("[spill] max_size")?,
     };
     Ok(SpillSettings { dir, max_bytes })
 }
