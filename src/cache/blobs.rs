@@ -368,13 +368,8 @@ impl Registry {
                 if let Some(s) = stage {
                     s.send_replace(FillStage::NotStreamed);
                 }
-                async {
-                    let size = self.store.put_stream(&key, len, verified.boxed()).await?;
-                    self.write_marker(target, digest, &Marker::blob(size))
-                        .await?;
-                    Ok::<u64, Error>(size)
-                }
-                .await
+                self.put_and_mark(target, digest, len, verified.boxed())
+                    .await
             }
         };
         let size = stored.inspect_err(|e| {
@@ -439,10 +434,9 @@ impl Registry {
             Err(e) => {
                 tracing::warn!(repo = %target.scoped_name(), %digest, error = %e, "cannot create a spill file: the blob is copied, then served from the store");
                 stage.send_replace(FillStage::NotStreamed);
-                let size = self.store.put_stream(&key, len, verified.boxed()).await?;
-                self.write_marker(target, digest, &Marker::blob(size))
-                    .await?;
-                return Ok(size);
+                return self
+                    .put_and_mark(target, digest, len, verified.boxed())
+                    .await;
             }
         };
         stage.send_replace(FillStage::Spilled(Arc::clone(&spill)));
@@ -481,7 +475,23 @@ impl Registry {
             .map(|r| r.map_err(|e| FillError::Source(e.to_string())))
             .boxed();
         // The clients have their verified bytes whatever happens to the upload now.
-        self.store.put_stream(&key, len, body).await?;
+        self.put_and_mark(target, digest, len, body).await?;
+        Ok(size)
+    }
+
+    /// Streams `body` into the blob's key, then writes this repository's marker (in that order:
+    /// a marker never names a missing object). Returns the bytes stored.
+    async fn put_and_mark(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        len: Option<u64>,
+        body: crate::store::ByteStream,
+    ) -> Result<u64, Error> {
+        let size = self
+            .store
+            .put_stream(&keys::blob(digest), len, body)
+            .await?;
         self.write_marker(target, digest, &Marker::blob(size))
             .await?;
         Ok(size)
