@@ -213,6 +213,10 @@ pub struct S3Settings {
     /// to a presigned URL, for clients that cannot reach the bucket. Off by default; ignored in
     /// Lambda mode.
     pub stream_hits: bool,
+    /// Server mode: how long a blob fill's lease in the bucket stays valid past its last renewal
+    /// (renewed every third of it). A fill whose process died is taken over by another instance
+    /// after this long.
+    pub fill_lease: Duration,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -228,6 +232,7 @@ impl Default for S3Settings {
             max_attempts: 5,
             stream_misses: true,
             stream_hits: false,
+            fill_lease: Duration::from_secs(60),
         }
     }
 }
@@ -354,6 +359,7 @@ struct FileS3 {
     max_attempts: Option<u32>,
     stream_misses: Option<bool>,
     stream_hits: Option<bool>,
+    fill_lease: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1050,7 +1056,16 @@ fn s3_from_file(f: FileS3) -> Result<S3Settings, ConfigError> {
             "[s3] max_attempts = {max_attempts}: must be between 1 (no retry) and 20 (default 5)"
         )));
     }
+    let fill_lease = duration_setting(
+        "[s3] fill_lease",
+        &None,
+        &f.fill_lease,
+        defaults.fill_lease,
+        Duration::from_secs(3)..=Duration::from_secs(3600),
+        "60s",
+    )?;
     Ok(S3Settings {
+        fill_lease,
         endpoint,
         force_path_style: f.force_path_style,
         region: f.region,
@@ -1347,6 +1362,7 @@ part_size = "16MiB"
 max_attempts = 3
 stream_misses = false
 stream_hits = true
+fill_lease = "90s"
 
 [spill]
 dir = "/var/cache/pullthrough-spill"
@@ -1371,6 +1387,7 @@ max_size = "2GiB"
                 max_attempts: 3,
                 stream_misses: false,
                 stream_hits: true,
+                fill_lease: Duration::from_secs(90),
             }
         );
         assert_eq!(

@@ -154,7 +154,7 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         format!(
             "{}{}\n[spill]\ndir = \"{}\"\n",
             local_config(&up.url()),
-            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1"),
+            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1\nfill_lease = \"3s\""),
             spill_dir.display()
         ),
     )
@@ -223,8 +223,8 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     let lease = format!("leases/blobs/{alg}/{hex}");
     assert_eq!(s3.object_keys("leases/").await, vec![lease.clone()]);
 
-    // A new process waits for that lease to expire (60 s, the server-mode lease's validity: a
-    // live owner would have renewed it), takes it over and fills the blob afresh.
+    // A new process waits for that lease to expire (3 s here, `[s3] fill_lease`: a live owner
+    // would have renewed it), takes it over and fills the blob afresh.
     let server = ServerProcess::start_with_env(&args, &env);
     assert!(
         files_under(&spill_dir).is_empty(),
@@ -240,6 +240,14 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         .unwrap();
     assert_eq!(body.len(), data.len());
     assert_eq!(sha256(&body), d);
+    // The client has its bytes once they are verified; the upload, then the lease's release,
+    // follow.
+    s3.wait_for("the lease released", |calls| {
+        calls
+            .iter()
+            .any(|c| c.op == "DeleteObject" && c.key == lease && c.error.is_none())
+    })
+    .await;
     assert_eq!(s3.object_keys("leases/").await, Vec::<String>::new());
 
     let verify = |extra: &[(&str, &str)]| {

@@ -856,10 +856,10 @@ async fn a_long_fill_keeps_renewing_its_lease() {
     let d = up.put_blob("team/app", data.clone());
     let server = S3Server::start().await;
     let services = Services {
-        server_lease: ServerLease {
+        server_lease: Some(ServerLease {
             ttl: Duration::from_secs(5),
             renew_every: Duration::from_millis(100),
-        },
+        }),
         ..Services::default()
     };
     let proxy =

@@ -113,11 +113,12 @@ pub struct ServerLease {
     pub renew_every: Duration,
 }
 
-impl Default for ServerLease {
-    fn default() -> Self {
+impl ServerLease {
+    /// A lease valid for `ttl`, renewed every third of it.
+    pub fn from_ttl(ttl: Duration) -> ServerLease {
         ServerLease {
-            ttl: Duration::from_secs(60),
-            renew_every: Duration::from_secs(20),
+            ttl,
+            renew_every: ttl / 3,
         }
     }
 }

@@ -173,9 +173,9 @@ pub struct Registry {
 pub struct Services {
     pub secrets: Option<Arc<dyn SecretSource>>,
     pub fill_policy: Option<FillPolicy>,
-    /// Server mode over S3: the validity and renewal interval of a fill's lease (tests shorten
-    /// them).
-    pub server_lease: ServerLease,
+    /// Server mode over S3: the validity and renewal interval of a fill's lease, instead of
+    /// `[s3] fill_lease` (tests shorten the renewal too).
+    pub server_lease: Option<ServerLease>,
     /// Tests only: called with the flight's kind (`"manifest"`, `"blob"`) and key at the start of
     /// every single-flight run, inside its task, so a test can make one run panic.
     #[doc(hidden)]
@@ -236,6 +236,9 @@ impl Registry {
         } else {
             None
         };
+        let server_lease = services
+            .server_lease
+            .unwrap_or_else(|| ServerLease::from_ttl(config.s3.fill_lease));
         Ok(Arc::new_cyclic(|me| Registry {
             me: me.clone(),
             spill_dir,
@@ -251,7 +254,7 @@ impl Registry {
             blob_flights: SingleFlight::new("blob", services.fault_hook),
             clock,
             fill_policy: services.fill_policy,
-            server_lease: services.server_lease,
+            server_lease,
         }))
     }
 
