@@ -34,6 +34,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::bounded::BoundedMap;
 use crate::config::AuthLimits;
 use crate::error::{Code, Error};
 use crate::upstream::SecretSource;
@@ -193,7 +194,7 @@ pub struct Users {
     htpasswd: Htpasswd,
     key: Vec<u8>,
     /// sha256 of verified `user:password` pairs → expiry (ms). Holds hashes, never passwords.
-    verified: Mutex<HashMap<[u8; 32], u64>>,
+    verified: BoundedMap<[u8; 32], u64>,
     /// A hash of the users' bcrypt cost that no password matches, verified for unknown users so
     /// their answer takes as long as a known user's. Made on first use (it costs a bcrypt run).
     dummy: OnceLock<String>,
@@ -204,7 +205,7 @@ impl Users {
         Users {
             htpasswd,
             key,
-            verified: Mutex::new(HashMap::new()),
+            verified: BoundedMap::new(MAX_BASIC_CACHE),
             dummy: OnceLock::new(),
         }
     }
@@ -212,8 +213,9 @@ impl Users {
     /// Whether this `user:password` pair was verified recently (no bcrypt).
     pub fn remembered(&self, user: &str, password: &str, now_ms: u64) -> bool {
         let fingerprint: [u8; 32] = Sha256::digest(format!("{user}:{password}")).into();
-        let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(&fingerprint).is_some_and(|exp| *exp > now_ms)
+        self.verified
+            .get(&fingerprint)
+            .is_some_and(|exp| exp > now_ms)
     }
 
     /// Checks a `user:password` pair (bcrypt: call it off the async workers, through
@@ -242,11 +244,7 @@ impl Users {
             }
         };
         if ok {
-            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= MAX_BASIC_CACHE {
-                cache.clear();
-            }
-            cache.insert(fingerprint, now_ms + BASIC_CACHE_MS);
+            self.verified.insert(fingerprint, now_ms + BASIC_CACHE_MS);
         }
         ok
     }

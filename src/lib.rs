@@ -25,6 +25,7 @@
 
 pub mod access;
 pub mod aws;
+pub mod bounded;
 pub mod cache;
 pub mod config;
 pub mod error;

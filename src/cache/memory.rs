@@ -1,8 +1,8 @@
-//! In-process caches: immutable manifests by digest, and tag pointers.
+//! In-process caches: immutable manifests by digest, tag pointers and blob markers.
 //!
-//! Both are optional accelerations: the store is the truth, and a stateless Lambda instance
-//! starts with them empty. Both are bounded; eviction is first-in first-out, which is enough for
-//! documents that never change.
+//! All are optional accelerations: the store is the truth, and a stateless Lambda instance
+//! starts with them empty. All are bounded: manifests by bytes, first in first out (documents
+//! that never change); tags and markers by count, least recently used first.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::TagPointer;
+use crate::bounded::BoundedMap;
 use crate::oci::Digest;
 
 struct Entry {
@@ -79,49 +80,46 @@ impl ManifestMemory {
     }
 }
 
-/// Tag pointers by store key, bounded by count (cleared when full: they are cheap to re-read).
-#[derive(Default)]
-pub struct TagMemory {
-    inner: Mutex<HashMap<String, TagPointer>>,
-}
+/// Tag pointers by store key, bounded by count (the least recently used go first: they are
+/// cheap to re-read).
+pub struct TagMemory(BoundedMap<String, TagPointer>);
 
 const MAX_TAGS: usize = 100_000;
 
+impl Default for TagMemory {
+    fn default() -> Self {
+        TagMemory(BoundedMap::new(MAX_TAGS))
+    }
+}
+
 impl TagMemory {
     pub fn get(&self, key: &str) -> Option<TagPointer> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.get(key).cloned()
+        self.0.get(key)
     }
 
     pub fn insert(&self, key: &str, pointer: TagPointer) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.len() >= MAX_TAGS {
-            inner.clear();
-        }
-        inner.insert(key.to_owned(), pointer);
+        self.0.insert(key.to_owned(), pointer);
     }
 }
 
-/// Blob markers (`<upstream>/<repo>@<digest>` → size), bounded by count (cleared when full).
-#[derive(Default)]
-pub struct BlobMarkerMemory {
-    inner: Mutex<HashMap<String, u64>>,
-}
+/// Blob markers (`<upstream>/<repo>@<digest>` → size), bounded by count.
+pub struct BlobMarkerMemory(BoundedMap<String, u64>);
 
 const MAX_BLOB_MARKERS: usize = 100_000;
 
+impl Default for BlobMarkerMemory {
+    fn default() -> Self {
+        BlobMarkerMemory(BoundedMap::new(MAX_BLOB_MARKERS))
+    }
+}
+
 impl BlobMarkerMemory {
     pub fn get(&self, key: &str) -> Option<u64> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.get(key).copied()
+        self.0.get(key)
     }
 
     pub fn insert(&self, key: &str, size: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.len() >= MAX_BLOB_MARKERS {
-            inner.clear();
-        }
-        inner.insert(key.to_owned(), size);
+        self.0.insert(key.to_owned(), size);
     }
 }
 

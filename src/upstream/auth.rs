@@ -1,8 +1,8 @@
 //! `WWW-Authenticate` challenges and the bearer-token cache.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::bounded::BoundedMap;
 
 /// One challenge from a `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,9 +106,16 @@ fn parse_params(mut s: &str) -> (Vec<(String, String)>, &str) {
 }
 
 /// Bearer tokens per (upstream, scope), kept until shortly before they expire.
-#[derive(Default)]
 pub struct TokenCache {
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    tokens: BoundedMap<String, (String, Instant)>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            tokens: BoundedMap::new(MAX_TOKENS),
+        }
+    }
 }
 
 /// Tokens are dropped this long before their stated expiry, so a request never leaves with a
@@ -116,16 +123,16 @@ pub struct TokenCache {
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// The distribution spec's default when a token response has no `expires_in`.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// Bounds the cache; on overflow it is simply cleared (tokens are cheap to fetch again).
+/// Bounds the cache; on overflow the least recently used token goes (tokens are cheap to fetch
+/// again).
 const MAX_TOKENS: usize = 10_000;
 
 impl TokenCache {
     pub fn get(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
+        self.tokens
             .get(scope)
             .filter(|(_, exp)| Instant::now() < *exp)
-            .map(|(t, _)| t.clone())
+            .map(|(t, _)| t)
     }
 
     pub fn put(&self, scope: &str, token: String, lifetime: Duration) {
@@ -133,16 +140,12 @@ impl TokenCache {
         if lifetime.is_zero() {
             return;
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if tokens.len() >= MAX_TOKENS {
-            tokens.clear();
-        }
-        tokens.insert(scope.to_owned(), (token, Instant::now() + lifetime));
+        self.tokens
+            .insert(scope.to_owned(), (token, Instant::now() + lifetime));
     }
 
     pub fn forget(&self, scope: &str) {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.remove(scope);
+        self.tokens.remove(scope);
     }
 }
 

@@ -195,7 +195,7 @@ impl Upstream {
     ) -> Result<FetchedManifest, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(Method::GET, &path, repo, accept_header(accept), true)
+            .send(Method::GET, &path, repo, accept_header(accept))
             .await?;
         let content_type = header_str(resp.headers(), header::CONTENT_TYPE);
         let digest_header = header_str(resp.headers(), "docker-content-digest");
@@ -215,7 +215,7 @@ impl Upstream {
     ) -> Result<HeadInfo, UpstreamError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let resp = self
-            .send(Method::HEAD, &path, repo, accept_header(accept), true)
+            .send(Method::HEAD, &path, repo, accept_header(accept))
             .await?;
         Ok(head_info(resp.headers()))
     }
@@ -227,7 +227,7 @@ impl Upstream {
     ) -> Result<HeadInfo, UpstreamError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
         let resp = self
-            .send(Method::HEAD, &path, repo, HeaderMap::new(), true)
+            .send(Method::HEAD, &path, repo, HeaderMap::new())
             .await?;
         Ok(head_info(resp.headers()))
     }
@@ -289,9 +289,7 @@ impl Upstream {
     }
 
     async fn relay(&self, path: &str, repo: &RepoName) -> Result<Relayed, UpstreamError> {
-        let resp = self
-            .send(Method::GET, path, repo, HeaderMap::new(), true)
-            .await?;
+        let resp = self.send(Method::GET, path, repo, HeaderMap::new()).await?;
         let content_type = header_str(resp.headers(), header::CONTENT_TYPE);
         let link = header_str(resp.headers(), header::LINK);
         let bytes = self
@@ -343,31 +341,16 @@ impl Upstream {
         path: &str,
         repo: &RepoName,
         headers: HeaderMap,
-        follow_redirects: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.send_with_timeout(
+        self.send_full(
             method,
             path,
             repo,
             headers,
-            follow_redirects,
             Some(self.request_timeout),
+            None,
         )
         .await
-    }
-
-    async fn send_with_timeout(
-        &self,
-        method: Method,
-        path: &str,
-        repo: &RepoName,
-        headers: HeaderMap,
-        follow_redirects: bool,
-        timeout: Option<Duration>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        debug_assert!(follow_redirects);
-        self.send_full(method, path, repo, headers, timeout, None)
-            .await
     }
 
     /// Sends a request with authentication, answering one auth challenge, following redirects,
@@ -381,7 +364,6 @@ impl Upstream {
         timeout: Option<Duration>,
         sink: Option<&RedirectSink>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let follow_redirects = true;
         let url = self.url(path)?;
         let scope = format!("repository:{repo}:pull");
         let mut auth = self.cached_auth(&scope).await?;
@@ -395,15 +377,7 @@ impl Upstream {
             auth = Some(format!("Bearer {token}"));
         }
         let mut resp = self
-            .send_once(
-                &method,
-                &url,
-                &headers,
-                auth,
-                follow_redirects,
-                timeout,
-                sink,
-            )
+            .send_once(&method, &url, &headers, auth, timeout, sink)
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
@@ -437,15 +411,7 @@ impl Upstream {
                 });
             };
             resp = self
-                .send_once(
-                    &method,
-                    &url,
-                    &headers,
-                    Some(auth),
-                    follow_redirects,
-                    timeout,
-                    sink,
-                )
+                .send_once(&method, &url, &headers, Some(auth), timeout, sink)
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 self.tokens.forget(&scope);
@@ -581,7 +547,6 @@ impl Upstream {
         url: &Url,
         headers: &HeaderMap,
         auth: Option<String>,
-        follow_redirects: bool,
         timeout: Option<Duration>,
         sink: Option<&RedirectSink>,
     ) -> Result<reqwest::Response, UpstreamError> {
@@ -597,7 +562,7 @@ impl Upstream {
                     timeout,
                 )
                 .await?;
-            if !follow_redirects || !resp.status().is_redirection() {
+            if !resp.status().is_redirection() {
                 return Ok(resp);
             }
             let Some(location) = header_str(resp.headers(), header::LOCATION) else {
