@@ -24,7 +24,7 @@ use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, S
 use aws_types::SdkConfig;
 
 use crate::cache::{FillHandoff, FillJob};
-use crate::upstream::SecretSource;
+use crate::secrets::{SecretError, SecretSource};
 
 /// Both calls answer in milliseconds; these bound a hung endpoint. A whole call, retries and
 /// their backoff included, gives up after [`OPERATION_TIMEOUT`].
@@ -104,7 +104,7 @@ impl SecretsManager {
 
 #[async_trait::async_trait]
 impl SecretSource for SecretsManager {
-    async fn secret_string(&self, arn: &str) -> Result<String, String> {
+    async fn secret_string(&self, arn: &str) -> Result<String, SecretError> {
         let mut call = self.client.get_secret_value().secret_id(arn).customize();
         // A secret lives in the region its ARN names (which picks endpoint and signing scope).
         if let Some(region) = crate::config::secret_arn_region(arn)
@@ -115,12 +115,14 @@ impl SecretSource for SecretsManager {
                     .region(Region::new(region.to_owned())),
             );
         }
-        let answer = call
-            .send()
-            .await
-            .map_err(|e| format!("GetSecretValue {arn}: {}", describe("Secrets Manager", &e)))?;
-        answer.secret_string.ok_or_else(|| {
-            format!("secret {arn} has no SecretString (binary secrets are not supported)")
+        let answer = call.send().await.map_err(|e| {
+            SecretError::Read(format!(
+                "GetSecretValue {arn}: {}",
+                describe("Secrets Manager", &e)
+            ))
+        })?;
+        answer.secret_string.ok_or_else(|| SecretError::NotText {
+            arn: arn.to_owned(),
         })
     }
 }

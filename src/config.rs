@@ -1,14 +1,18 @@
 //! One [`Config`], built from defaults, an optional TOML file, environment variables and flags
 //! (later ones win), and validated once at start-up with messages that say what to fix.
 
+mod htpasswd;
+mod pattern;
+
+pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use pattern::{PatternError, RepoPattern, allowed};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
 use serde::Deserialize;
-
-use crate::access::RepoPattern;
 
 /// Where the cache keeps its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +161,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Bounds on the work wrong passwords can cause (see `crate::access::Checks`).
+/// Bounds on the work wrong passwords can cause (see `crate::auth::Checks`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthLimits {
     /// bcrypt runs at once; others wait for a turn.
@@ -942,7 +946,7 @@ fn parse_client_auth(
                 "PULLTHROUGH_AUTH: cannot read htpasswd file {auth:?}: {e} (use \"none\" to turn client auth off)"
             ))
         })?;
-        crate::access::Htpasswd::parse(&text)
+        Htpasswd::parse(&text)
             .map_err(|e| err(format!("PULLTHROUGH_AUTH: htpasswd file {auth:?}: {e}")))?;
         return Ok(ClientAuthSetting::Htpasswd(text));
     }

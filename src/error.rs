@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::{AuthError, SECRET_RETRY_SECS};
 use crate::oci::FillError;
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
@@ -141,6 +142,27 @@ impl From<FillError> for Error {
             Code::Unavailable,
             format!("upstream blob rejected, nothing stored: {e}"),
         )
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Error {
+        let (status, code, retry_after) = match &e {
+            AuthError::TooManyFailures { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::TooManyRequests,
+                *retry_after,
+            ),
+            AuthError::Busy => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, 1),
+            AuthError::Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                SECRET_RETRY_SECS,
+            ),
+        };
+        let mut err = Error::new(status, code, e.to_string());
+        err.retry_after = Some(retry_after);
+        err
     }
 }
 

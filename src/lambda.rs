@@ -115,7 +115,7 @@ impl Function {
         // The client's address as API Gateway / the function URL saw it: failed logins are
         // limited per address here as in server mode.
         if let Some(ip) = source_ip.and_then(|ip| ip.parse().ok()) {
-            parts.extensions.insert(crate::access::ClientAddr(ip));
+            parts.extensions.insert(crate::auth::ClientAddr(ip));
         }
         if let Some(path) = strip_stage(parts.uri.path(), stage.as_deref()) {
             let mut uri = http::uri::Parts::from(parts.uri.clone());

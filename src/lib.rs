@@ -23,7 +23,7 @@
 //! [`app`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
 
-pub mod access;
+pub mod auth;
 pub mod aws;
 pub mod bounded;
 pub mod cache;
@@ -32,6 +32,7 @@ pub mod error;
 pub mod http;
 pub mod lambda;
 pub mod oci;
+pub mod secrets;
 pub mod server;
 pub mod spill;
 pub mod store;
@@ -101,9 +102,11 @@ pub fn build(
     let auth = match &config.auth {
         config::ClientAuthSetting::None => None,
         config::ClientAuthSetting::Htpasswd(text) => {
-            let users = access::Htpasswd::parse(text)?;
+            let users = config::Htpasswd::parse(text).map_err(|e| e.to_string())?;
             Some(Arc::new(
-                access::ClientAuth::new(users, key)?.with_limits(&config.auth_limits),
+                auth::ClientAuth::new(users, key)
+                    .map_err(|e| e.to_string())?
+                    .with_limits(&config.auth_limits),
             ))
         }
         config::ClientAuthSetting::Secret { arn, refresh } => {
@@ -113,7 +116,8 @@ pub fn build(
                 )
             })?;
             Some(Arc::new(
-                access::ClientAuth::from_secret(arn.clone(), secrets, *refresh, key)?
+                auth::ClientAuth::from_secret(arn.clone(), secrets, *refresh, key)
+                    .map_err(|e| e.to_string())?
                     .with_limits(&config.auth_limits),
             ))
         }

@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use crate::access::ClientAddr;
+use crate::auth::ClientAddr;
 use crate::config::ConnectionLimits;
 use crate::error::{Code, Error};
 

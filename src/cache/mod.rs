@@ -28,8 +28,9 @@ pub use relay::RelayAnswer;
 use crate::config::Config;
 use crate::error::{Code, Error};
 use crate::oci::{Digest, RepoName};
+use crate::secrets::SecretSource;
 use crate::store::{Key, Store, StoreError};
-use crate::upstream::{SecretSource, Upstream};
+use crate::upstream::Upstream;
 use flight::SingleFlight;
 use memory::{BlobMarkerMemory, ManifestMemory, TagMemory};
 
@@ -315,7 +316,7 @@ impl Registry {
         } else {
             repo
         };
-        if !crate::access::allowed(&upstream.config().allow, repo.as_str()) {
+        if !crate::config::allowed(&upstream.config().allow, repo.as_str()) {
             return Err(Error::new(
                 axum::http::StatusCode::FORBIDDEN,
                 Code::Denied,

@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use crate::access::ClientAuth;
+use crate::auth::ClientAuth;
 use crate::cache::{BlobAnswer, Registry, RelayAnswer};
 use crate::error::{Code, Error};
 use crate::oci::{ClientAccept, Digest, Tag};
@@ -73,13 +73,13 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
             let now = state.registry.now_ms();
             let users = match auth.users(now).await {
                 Ok(u) => u,
-                Err(e) => return e.into_response(),
+                Err(e) => return Error::from(e).into_response(),
             };
             match basic_credentials(&header) {
                 Some((user, password)) => {
                     match auth.check_basic(users, user, password, client, now).await {
                         Ok(ok) => ok,
-                        Err(e) => return e.into_response(),
+                        Err(e) => return Error::from(e).into_response(),
                     }
                 }
                 // A token (cheap to check), or nothing we know.
@@ -108,7 +108,7 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
 /// The client's address, when the server or the Lambda event says it.
 fn client_addr(req: &Request) -> Option<std::net::IpAddr> {
     req.extensions()
-        .get::<crate::access::ClientAddr>()
+        .get::<crate::auth::ClientAddr>()
         .map(|a| a.0)
 }
 
@@ -124,7 +124,7 @@ fn basic_credentials(authorization: &str) -> Option<(String, String)> {
     if !is_basic(authorization) {
         return None;
     }
-    crate::access::decode_basic(authorization.trim()[6..].trim())
+    crate::auth::decode_basic(authorization.trim()[6..].trim())
 }
 
 /// The absolute URL of our token endpoint as the client reaches us (Host, and
@@ -186,7 +186,7 @@ async fn token(State(state): State<AppState>, req: Request) -> Response {
         Some((u, p)) => {
             let users = match auth.users(now).await {
                 Ok(users) => users,
-                Err(e) => return e.into_response(),
+                Err(e) => return Error::from(e).into_response(),
             };
             match auth
                 .check_basic(Arc::clone(&users), u.clone(), p, client, now)
@@ -194,7 +194,7 @@ async fn token(State(state): State<AppState>, req: Request) -> Response {
             {
                 Ok(true) => Some((users, u)),
                 Ok(false) => None,
-                Err(e) => return e.into_response(),
+                Err(e) => return Error::from(e).into_response(),
             }
         }
     };
@@ -215,7 +215,7 @@ async fn token(State(state): State<AppState>, req: Request) -> Response {
     let body = serde_json::json!({
         "token": token,
         "access_token": token,
-        "expires_in": crate::access::TOKEN_LIFETIME_SECS,
+        "expires_in": crate::auth::TOKEN_LIFETIME_SECS,
     });
     let mut resp = (StatusCode::OK, body.to_string()).into_response();
     resp.headers_mut().insert(

@@ -63,37 +63,6 @@ pub struct HeadInfo {
     pub content_type: Option<String>,
 }
 
-/// Where secrets kept elsewhere are read (upstream credentials, client users): AWS Secrets
-/// Manager in practice ([`crate::aws::SecretsManager`]). Called on first use, never at start-up.
-/// Errors name the secret, never its content.
-#[async_trait::async_trait]
-pub trait SecretSource: Send + Sync {
-    /// The `SecretString` of the secret `arn`, as stored.
-    async fn secret_string(&self, arn: &str) -> Result<String, String>;
-
-    /// The `(username, password)` held by the secret `arn` as
-    /// `{"username":"…","password":"…"}`.
-    async fn basic_credentials(&self, arn: &str) -> Result<(String, String), String> {
-        #[derive(Deserialize)]
-        struct Basic {
-            username: String,
-            password: String,
-        }
-        let text = self.secret_string(arn).await?;
-        let basic: Basic = serde_json::from_str(&text).map_err(|_| {
-            format!(
-                "secret {arn} is not JSON of the form {{\"username\":\"…\",\"password\":\"…\"}}"
-            )
-        })?;
-        if basic.username.is_empty() || basic.password.is_empty() {
-            return Err(format!(
-                "secret {arn}: username and password must not be empty"
-            ));
-        }
-        Ok((basic.username, basic.password))
-    }
-}
-
 /// Where a blob GET was redirected to, when it left the upstream's own origin (a CDN's signed
 /// URL), recorded as soon as the redirect is seen, before that host answers.
 pub type RedirectSink = std::sync::Arc<std::sync::Mutex<Option<Url>>>;
@@ -129,7 +98,7 @@ pub struct Upstream {
     realm: std::sync::Mutex<Option<(String, Option<String>)>>,
     request_timeout: Duration,
     /// Reads `secret_arn` credentials; the answer is kept for the life of the process.
-    secrets: Option<std::sync::Arc<dyn SecretSource>>,
+    secrets: Option<std::sync::Arc<dyn crate::secrets::SecretSource>>,
     secret: tokio::sync::OnceCell<(String, String)>,
 }
 
@@ -142,7 +111,7 @@ impl Upstream {
     pub fn with_secrets(
         config: UpstreamConfig,
         global: &Config,
-        secrets: Option<std::sync::Arc<dyn SecretSource>>,
+        secrets: Option<std::sync::Arc<dyn crate::secrets::SecretSource>>,
     ) -> Result<Upstream, reqwest::Error> {
         let public = guard::is_public_upstream(&config.url);
         let mut builder = reqwest::Client::builder()
