@@ -30,7 +30,7 @@ use tower::ServiceExt;
 
 use crate::cache::{Clock, FillJob, FillPolicy, Registry, Services};
 use crate::config::{Config, StoreLocation};
-use crate::error::{Code, Error};
+use crate::http::error::{Code, Error};
 
 /// Lambda's limit on a synchronous invocation's response payload (6 MB), which the encoded
 /// response (JSON, body as text or base64) must fit in.
@@ -89,7 +89,7 @@ impl Function {
                     Ok(serde_json::json!({ "fill": outcome }))
                 }
                 // An error makes Lambda retry the event (the lease lets a retry continue).
-                Err(e) => Err(format!("fill {} failed: {}", fill.digest, e.message).into()),
+                Err(e) => Err(format!("fill {} failed: {e}", fill.digest).into()),
             };
         }
         let request: LambdaRequest = serde_json::from_str(event).map_err(|e| {

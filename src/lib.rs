@@ -28,7 +28,6 @@ pub mod aws;
 pub mod bounded;
 pub mod cache;
 pub mod config;
-pub mod error;
 pub mod http;
 pub mod lambda;
 pub mod oci;
@@ -124,7 +123,7 @@ pub fn build(
     };
     let store = Arc::new(store::counted::Counted::new(store));
     let registry =
-        Registry::with_services(config, store, clock, services).map_err(|e| e.message)?;
+        Registry::with_services(config, store, clock, services).map_err(|e| e.to_string())?;
     Ok((http::router(Arc::clone(&registry), auth), registry))
 }
 

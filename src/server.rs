@@ -47,7 +47,7 @@ use tower::ServiceExt;
 
 use crate::auth::ClientAddr;
 use crate::config::ConnectionLimits;
-use crate::error::{Code, Error};
+use crate::http::error::{Code, Error};
 
 /// Serves `router` on `listener` under `limits` until `shutdown` resolves, then drains (see the
 /// module documentation).

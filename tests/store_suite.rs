@@ -636,7 +636,7 @@ mod s3_only {
         );
         assert_eq!(server.count("HeadObject"), 2);
         // And the HTTP edge answers 503 UNAVAILABLE.
-        let e = pullthrough::error::Error::from(err);
+        let e = pullthrough::http::error::Error::from(pullthrough::cache::CacheError::from(err));
         assert_eq!(e.status.as_u16(), 503);
         assert_eq!(e.code.as_str(), "UNAVAILABLE");
     }

@@ -199,7 +199,7 @@ fn random_key() -> Result<Vec<u8>, AuthSetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Code;
+    use crate::http::error::Code;
     use crate::secrets::SecretError;
     use axum::http::StatusCode;
     use base64::Engine as _;
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(source.reads(), 1);
         for o in outcomes {
             // As the HTTP edge answers it.
-            let e = crate::error::Error::from(o.err().expect("no users, nobody in"));
+            let e = crate::http::error::Error::from(o.err().expect("no users, nobody in"));
             assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(e.code, Code::Unavailable);
             assert!(e.message.contains(ARN) && e.message.contains("could not be read"));

@@ -23,8 +23,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::watch;
 
+use super::{CacheError, Wanted};
 use super::{Marker, Registry, Target};
-use crate::error::{Code, Error, Wanted};
 use crate::oci::{Digest, FillError, VerifyingStream};
 use crate::spill::{Reservation, Spill, SpillError};
 use crate::store::{BlobRead, RangeRequest, keys};
@@ -87,7 +87,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         range: Option<RangeRequest>,
-    ) -> Result<BlobAnswer, Error> {
+    ) -> Result<BlobAnswer, CacheError> {
         let key = keys::blob(digest);
         // A marker is written only after its object, so with a marker one store request suffices.
         if self.read_marker(target, digest).await?.is_some()
@@ -125,7 +125,7 @@ impl Registry {
         &self,
         key: &crate::store::Key,
         range: Option<RangeRequest>,
-    ) -> Result<Option<BlobRead>, Error> {
+    ) -> Result<Option<BlobRead>, CacheError> {
         let read = if self.fill_policy.is_none() && self.config.s3.stream_hits {
             self.store.read_through(key, range).await?
         } else {
@@ -139,22 +139,20 @@ impl Registry {
         key: &crate::store::Key,
         range: Option<RangeRequest>,
         digest: &Digest,
-    ) -> Result<BlobAnswer, Error> {
+    ) -> Result<BlobAnswer, CacheError> {
         self.read_stored(key, range)
             .await?
             .map(BlobAnswer::Stored)
             .ok_or_else(|| {
-                Error::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    Code::Unavailable,
-                    format!("{digest} vanished from the store right after it was written"),
-                )
+                CacheError::Unavailable(format!(
+                    "{digest} vanished from the store right after it was written"
+                ))
             })
     }
 
     /// The blob's size for a HEAD, without copying a miss: a miss is answered from an upstream
     /// HEAD.
-    pub async fn blob_size(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
+    pub async fn blob_size(&self, target: &Target, digest: &Digest) -> Result<u64, CacheError> {
         if let Some(m) = self.read_marker(target, digest).await? {
             return Ok(m.size);
         }
@@ -166,16 +164,12 @@ impl Registry {
             .upstream
             .head_blob(&target.repo, digest)
             .await
-            .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
+            .map_err(|e| CacheError::upstream(e, Wanted::Blob))?;
         info.size.ok_or_else(|| {
-            Error::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                Code::Unavailable,
-                format!(
-                    "{} answered HEAD for {digest} without a Content-Length",
-                    target.alias()
-                ),
-            )
+            CacheError::BadUpstream(format!(
+                "{} answered HEAD for {digest} without a Content-Length",
+                target.alias()
+            ))
         })
     }
 
@@ -183,7 +177,7 @@ impl Registry {
     /// this repository is just writing it (join that fill), or they were stored for another
     /// repository and the upstream must confirm this one holds them too. Concurrent requests
     /// share one confirmation (one upstream HEAD), keyed like the fill.
-    async fn confirm_shared(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
+    async fn confirm_shared(&self, target: &Target, digest: &Digest) -> Result<u64, CacheError> {
         let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let (target, digest) = (target.clone(), digest.clone());
@@ -201,7 +195,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, CacheError> {
         if let Some(m) = self.read_marker(target, digest).await? {
             return Ok(m.size);
         }
@@ -209,7 +203,7 @@ impl Registry {
             .upstream
             .head_blob(&target.repo, digest)
             .await
-            .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
+            .map_err(|e| CacheError::upstream(e, Wanted::Blob))?;
         let size = match info.size {
             Some(s) => s,
             None => self.store.head(&keys::blob(digest)).await?.unwrap_or(0),
@@ -222,7 +216,7 @@ impl Registry {
     /// Copies a blob from the upstream into the store. Concurrent callers for the same
     /// repository and digest share one upstream GET. The copy runs in its own task: a client
     /// that disconnects does not abort it for the others.
-    async fn fill(&self, target: &Target, digest: &Digest) -> Result<u64, Error> {
+    async fn fill(&self, target: &Target, digest: &Digest) -> Result<u64, CacheError> {
         let (_, shared) = self.start_fill(target, digest, false);
         shared.await
     }
@@ -234,7 +228,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         range: Option<RangeRequest>,
-    ) -> Result<Option<BlobAnswer>, Error> {
+    ) -> Result<Option<BlobAnswer>, CacheError> {
         let (_, shared) = self.start_fill(target, digest, true);
         let stage = self
             .fill_stages
@@ -340,7 +334,7 @@ impl Registry {
         digest: &Digest,
         stage: Option<StageTx>,
         redirects: Option<&crate::upstream::RedirectSink>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, CacheError> {
         let key = keys::blob(digest);
         // Another flight (another repository) may have finished it meanwhile.
         if self.store.head(&key).await?.is_some() {
@@ -353,7 +347,7 @@ impl Registry {
             .upstream
             .get_blob_observed(&target.repo, digest, redirects)
             .await
-            .map_err(|e| Error::from_upstream(e, Wanted::Blob))?;
+            .map_err(|e| CacheError::upstream(e, Wanted::Blob))?;
         let len = body.len;
         let verified = VerifyingStream::new(body.stream, digest.clone(), len);
         let place = stage
@@ -373,7 +367,7 @@ impl Registry {
             }
         };
         let size = stored.inspect_err(|e| {
-            tracing::warn!(repo = %target.scoped_name(), %digest, error = %e.message, "blob fill failed");
+            tracing::warn!(repo = %target.scoped_name(), %digest, error = %e, "blob fill failed");
         })?;
         tracing::info!(repo = %target.scoped_name(), %digest, size, "blob filled");
         Ok(size)
@@ -420,7 +414,7 @@ impl Registry {
         verified: S,
         stage: StageTx,
         place: SpillPlace,
-    ) -> Result<u64, Error>
+    ) -> Result<u64, CacheError>
     where
         S: futures_util::Stream<Item = Result<Bytes, FillError>> + Send + Unpin + 'static,
     {
@@ -448,12 +442,12 @@ impl Registry {
                 self.store.adopt(&key, spill.path()).await?;
                 self.write_marker(target, digest, &Marker::blob(size))
                     .await?;
-                Ok::<u64, Error>(size)
+                Ok::<u64, CacheError>(size)
             }
             .await;
             match &result {
                 Ok(_) => spill.complete(),
-                Err(e) => spill.fail(&e.message),
+                Err(e) => spill.fail(&e.to_string()),
             }
             return result;
         }
@@ -465,7 +459,7 @@ impl Registry {
         let size = match spill.write_from(verified).await.map_err(spill_error) {
             Ok(size) => size,
             Err(e) => {
-                spill.fail(&e.message);
+                spill.fail(&e.to_string());
                 return Err(e);
             }
         };
@@ -487,7 +481,7 @@ impl Registry {
         digest: &Digest,
         len: Option<u64>,
         body: crate::store::ByteStream,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, CacheError> {
         let size = self
             .store
             .put_stream(&keys::blob(digest), len, body)
@@ -508,13 +502,11 @@ impl Drop for VerdictGuard {
     }
 }
 
-fn spill_error(e: SpillError<FillError>) -> Error {
+fn spill_error(e: SpillError<FillError>) -> CacheError {
     match e {
-        SpillError::Source(e) => Error::from(e),
-        SpillError::Disk(e) => Error::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            format!("writing the blob's spill file failed: {e}"),
-        ),
+        SpillError::Source(e) => CacheError::from(e),
+        SpillError::Disk(e) => {
+            CacheError::Unavailable(format!("writing the blob's spill file failed: {e}"))
+        }
     }
 }

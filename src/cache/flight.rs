@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::error::{Code, Error};
+use super::CacheError;
 
-pub type SharedResult<V> = Shared<BoxFuture<'static, Result<V, Error>>>;
+pub type SharedResult<V> = Shared<BoxFuture<'static, Result<V, CacheError>>>;
 
 /// A test-only fault injector, called with the flight's kind (`"manifest"`, `"blob"`) and key at
 /// the start of every run, inside its task (see [`super::Services::fault_hook`]).
@@ -45,9 +45,9 @@ where
     }
 
     /// Runs `work` unless a run for `key` is in progress, in which case waits for that one.
-    pub async fn run<F>(&self, key: K, work: F) -> Result<V, Error>
+    pub async fn run<F>(&self, key: K, work: F) -> Result<V, CacheError>
     where
-        F: Future<Output = Result<V, Error>> + Send + 'static,
+        F: Future<Output = Result<V, CacheError>> + Send + 'static,
     {
         self.start(key, || work).1.await
     }
@@ -56,7 +56,7 @@ where
     /// this caller started it (`make` is called only then) and the shared result.
     pub fn start<F>(&self, key: K, make: impl FnOnce() -> F) -> (bool, SharedResult<V>)
     where
-        F: Future<Output = Result<V, Error>> + Send + 'static,
+        F: Future<Output = Result<V, CacheError>> + Send + 'static,
     {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = running.get(&key) {
@@ -77,13 +77,9 @@ where
             }
             work.await
         });
-        let fut: BoxFuture<'static, Result<V, Error>> = async move {
+        let fut: BoxFuture<'static, Result<V, CacheError>> = async move {
             task.await.unwrap_or_else(|e| {
-                Err(Error::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    Code::Unavailable,
-                    format!("internal error: background fill failed: {e}"),
-                ))
+                Err(CacheError::Internal(format!("background fill failed: {e}")))
             })
         }
         .boxed();

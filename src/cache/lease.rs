@@ -36,12 +36,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use super::CacheError;
 use super::blobs::{FillStage, StageTx};
 use super::{BlobAnswer, Registry, Target};
-use crate::error::{Code, Error};
 use crate::oci::{Digest, RepoName};
 use crate::store::{BlobRead, Condition, keys};
 use crate::upstream::RedirectSink;
@@ -172,7 +171,7 @@ impl Registry {
         &self,
         key: &crate::store::Key,
         lease: &Lease,
-    ) -> Result<Acquired, Error> {
+    ) -> Result<Acquired, CacheError> {
         // Two rounds: a lease that vanishes between our failed create and our read (its fill just
         // finished) is simply created again.
         for _ in 0..2 {
@@ -238,7 +237,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         mut stage: Option<StageTx>,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, CacheError> {
         let key = keys::lease(digest);
         let blob_key = keys::blob(digest);
         let give_up = self.clock.now_ms() + SERVER_WAIT_LIMIT.as_millis() as u64;
@@ -304,7 +303,7 @@ impl Registry {
         stage: Option<StageTx>,
         lease: Lease,
         etag: String,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, CacheError> {
         let key = keys::lease(digest);
         let lost = std::sync::atomic::AtomicBool::new(false);
         let renew = async {
@@ -357,7 +356,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         policy: &FillPolicy,
-    ) -> Result<BlobAnswer, Error> {
+    ) -> Result<BlobAnswer, CacheError> {
         let key = keys::lease(digest);
         let started = self.clock.now_ms();
         let lease = Lease {
@@ -399,7 +398,7 @@ impl Registry {
         policy: &FillPolicy,
         etag: String,
         redirect: Option<String>,
-    ) -> Result<BlobAnswer, Error> {
+    ) -> Result<BlobAnswer, CacheError> {
         let key = keys::lease(digest);
         let handed = Lease {
             owner: new_owner(),
@@ -447,7 +446,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         lease: &Lease,
-    ) -> Result<BlobAnswer, Error> {
+    ) -> Result<BlobAnswer, CacheError> {
         let same_repo = lease.upstream == target.alias() && lease.repo == target.repo.as_str();
         match &lease.redirect {
             Some(url) if same_repo => Ok(BlobAnswer::Stored(BlobRead::Redirect(url.clone()))),
@@ -456,17 +455,17 @@ impl Registry {
     }
 
     /// The `{"fill": …}` event of an asynchronous invocation: adopt the lease, copy, release.
-    pub async fn fill_job(&self, job: &FillJob) -> Result<FillOutcome, Error> {
+    pub async fn fill_job(&self, job: &FillJob) -> Result<FillOutcome, CacheError> {
         let upstream = self.upstreams.get(&job.upstream).cloned().ok_or_else(|| {
-            Error::not_found(
-                Code::NameUnknown,
-                format!("fill event: upstream {:?} is not configured", job.upstream),
-            )
+            CacheError::NameUnknown(format!(
+                "fill event: upstream {:?} is not configured",
+                job.upstream
+            ))
         })?;
         let repo = RepoName::parse(&job.repo)
-            .map_err(|e| Error::bad_request(Code::NameInvalid, format!("fill event: {e}")))?;
+            .map_err(|e| CacheError::NameInvalid(format!("fill event: {e}")))?;
         let digest = Digest::parse(&job.digest)
-            .map_err(|e| Error::bad_request(Code::DigestInvalid, format!("fill event: {e}")))?;
+            .map_err(|e| CacheError::DigestInvalid(format!("fill event: {e}")))?;
         let target = Target {
             upstream,
             client_name: repo.clone(),
@@ -515,13 +514,14 @@ impl Registry {
     }
 }
 
-fn busy(message: &str, retry_after: Duration) -> Error {
-    let mut e = Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message);
-    e.retry_after = Some(retry_after.as_secs().max(1));
-    e
+fn busy(message: &str, retry_after: Duration) -> CacheError {
+    CacheError::Busy {
+        message: message.to_owned(),
+        retry_after: retry_after.as_secs().max(1),
+    }
 }
 
-fn pending(digest: &Digest, retry_after: Duration) -> Error {
+fn pending(digest: &Digest, retry_after: Duration) -> CacheError {
     busy(
         &format!(
             "{digest} is being copied from the upstream into the cache; retry in {} s",

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
+use super::{CacheError, Wanted};
 use super::{Marker, Registry, TagPointer, Target, inline_copy, verified_inline};
-use crate::error::{Code, Error, Wanted};
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::schema1;
@@ -31,7 +31,7 @@ impl Registry {
         target: &Target,
         reference: &Reference,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         match reference {
             Reference::Digest(d) => self.manifest_by_digest(target, d, accept).await,
             Reference::Tag(t) if accept.wants_schema1_only() => {
@@ -49,7 +49,7 @@ impl Registry {
         target: &Target,
         tag: &Tag,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         let key = keys::tag(target.alias(), &target.repo, tag);
         let Some(pointer) = self.load_pointer(&key).await? else {
             return self.fetch_tag(target, tag, accept).await;
@@ -86,23 +86,24 @@ impl Registry {
             }
             Ok(_) => match self.fetch_tag(target, tag, accept).await {
                 Ok(a) => Ok(a),
-                Err(e) if e.status.is_server_error() || e.code == Code::TooManyRequests => {
-                    self.stale(target, &digest, e).await
-                }
+                Err(e) if e.is_transient() => self.stale(target, &digest, e).await,
                 Err(e) => Err(e),
             },
             Err(e @ UpstreamError::NotFound { .. }) => {
-                Err(Error::from_upstream(e, Wanted::Manifest))
+                Err(CacheError::upstream(e, Wanted::Manifest))
             }
             Err(e) => {
-                self.stale(target, &digest, Error::from_upstream(e, Wanted::Manifest))
+                self.stale(target, &digest, CacheError::upstream(e, Wanted::Manifest))
                     .await
             }
         }
     }
 
     /// A tag pointer, from memory or the store.
-    async fn load_pointer(&self, key: &crate::store::Key) -> Result<Option<TagPointer>, Error> {
+    async fn load_pointer(
+        &self,
+        key: &crate::store::Key,
+    ) -> Result<Option<TagPointer>, CacheError> {
         match self.tags.get(key.as_str()) {
             Some(p) => Ok(Some(p)),
             None => self.read_json::<TagPointer>(key).await,
@@ -122,7 +123,7 @@ impl Registry {
         key: &crate::store::Key,
         pointer: TagPointer,
         digest: &Digest,
-    ) -> Result<Option<ManifestAnswer>, Error> {
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
         self.tags.insert(key.as_str(), pointer.clone());
         if let Some(bytes) = verified_inline(pointer.manifest.as_ref(), digest) {
             // The pointer is written after the marker, so the repository holds this digest.
@@ -147,11 +148,11 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-        upstream_err: Error,
-    ) -> Result<ManifestAnswer, Error> {
+        upstream_err: CacheError,
+    ) -> Result<ManifestAnswer, CacheError> {
         match self.cached_manifest(target, digest).await? {
             Some(mut a) => {
-                tracing::warn!(repo = %target.scoped_name(), error = %upstream_err.message, "serving stale tag");
+                tracing::warn!(repo = %target.scoped_name(), error = %upstream_err, "serving stale tag");
                 a.warning = Some(format!("299 - \"stale: {} unreachable\"", target.alias()));
                 Ok(a)
             }
@@ -166,7 +167,7 @@ impl Registry {
         target: &Target,
         tag: &Tag,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         let flight_key = format!("{}:{tag}", target.scoped_name());
         let this = self.handle();
         let target = target.clone();
@@ -209,7 +210,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         if let Some(a) = self.cached_manifest(target, digest).await? {
             return Ok(a);
         }
@@ -246,7 +247,7 @@ impl Registry {
         &self,
         target: &Target,
         digest: &Digest,
-    ) -> Result<Option<ManifestAnswer>, Error> {
+    ) -> Result<Option<ManifestAnswer>, CacheError> {
         let scoped = target.scoped_name();
         if let Some((bytes, media_type)) = self.manifests.get(&scoped, digest) {
             return Ok(Some(ManifestAnswer {
@@ -295,7 +296,7 @@ impl Registry {
         reference: &str,
         accept: &str,
         expected: Option<&Digest>,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         let fetched = target
             .upstream
             .get_manifest(
@@ -305,21 +306,17 @@ impl Registry {
                 self.config.max_manifest_size,
             )
             .await
-            .map_err(|e| Error::from_upstream(e, Wanted::Manifest))?;
+            .map_err(|e| CacheError::upstream(e, Wanted::Manifest))?;
         let media_type =
             media::manifest_media_type(fetched.content_type.as_deref(), &fetched.bytes);
         // A manifest's digest is the hash of its bytes, or for signed schema1 of its JWS payload
         // (its signatures change on every GET; the payload and its digest do not).
         let digest_of = |algorithm| {
             schema1::manifest_digest(&fetched.bytes, algorithm).ok_or_else(|| {
-                Error::new(
-                    axum::http::StatusCode::BAD_GATEWAY,
-                    Code::Unavailable,
-                    format!(
-                        "{} sent a signed schema1 manifest whose JWS payload cannot be recovered; nothing stored",
-                        target.alias()
-                    ),
-                )
+                CacheError::BadUpstream(format!(
+                    "{} sent a signed schema1 manifest whose JWS payload cannot be recovered; nothing stored",
+                    target.alias()
+                ))
             })
         };
         let digest = match expected {
@@ -335,14 +332,10 @@ impl Registry {
         // The upstream's own claim must match too.
         if let Some(header) = fetched.digest_header.as_deref().map(str::trim) {
             let claimed = Digest::parse(header).map_err(|_| {
-                Error::new(
-                    axum::http::StatusCode::BAD_GATEWAY,
-                    Code::Unavailable,
-                    format!(
-                        "{} sent an invalid Docker-Content-Digest; nothing stored",
-                        target.alias()
-                    ),
-                )
+                CacheError::BadUpstream(format!(
+                    "{} sent an invalid Docker-Content-Digest; nothing stored",
+                    target.alias()
+                ))
             })?;
             let actual = digest_of(claimed.algorithm())?;
             if claimed != actual {
@@ -382,7 +375,7 @@ impl Registry {
         target: &Target,
         tag: &Tag,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         self.fetch_and_store(target, tag.as_str(), &accept.forwarded_header(), None)
             .await
     }
@@ -395,7 +388,7 @@ impl Registry {
         target: &Target,
         answer: ManifestAnswer,
         accept: &ClientAccept,
-    ) -> Result<ManifestAnswer, Error> {
+    ) -> Result<ManifestAnswer, CacheError> {
         if accept.accepts(&answer.media_type) {
             return Ok(answer);
         }
@@ -410,40 +403,27 @@ impl Registry {
             } else {
                 "a manifest list"
             };
-            return Err(Error::not_found(
-                Code::ManifestUnknown,
-                format!(
-                    "{kind} found, but the Accept header does not include {} and no linux/amd64 manifest of an accepted type is listed",
-                    answer.media_type
-                ),
-            ));
-        }
-        Err(Error::not_found(
-            Code::ManifestUnknown,
-            format!(
-                "manifest of type {} found, but the Accept header does not include it",
+            return Err(CacheError::ManifestUnknown(format!(
+                "{kind} found, but the Accept header does not include {} and no linux/amd64 manifest of an accepted type is listed",
                 answer.media_type
-            ),
-        ))
+            )));
+        }
+        Err(CacheError::ManifestUnknown(format!(
+            "manifest of type {} found, but the Accept header does not include it",
+            answer.media_type
+        )))
     }
 }
 
-fn not_a_manifest(digest: &Digest, size: u64, limit: u64) -> Error {
-    Error::not_found(
-        Code::ManifestUnknown,
-        format!(
-            "{digest} is not a manifest: it is {size} bytes, over the {limit}-byte manifest limit"
-        ),
-    )
+fn not_a_manifest(digest: &Digest, size: u64, limit: u64) -> CacheError {
+    CacheError::ManifestUnknown(format!(
+        "{digest} is not a manifest: it is {size} bytes, over the {limit}-byte manifest limit"
+    ))
 }
 
-fn mismatch(target: &Target, expected: &Digest, actual: &Digest) -> Error {
-    Error::new(
-        axum::http::StatusCode::BAD_GATEWAY,
-        Code::Unavailable,
-        format!(
-            "{} sent a manifest whose bytes hash to {actual}, not {expected}; nothing stored",
-            target.alias()
-        ),
-    )
+fn mismatch(target: &Target, expected: &Digest, actual: &Digest) -> CacheError {
+    CacheError::BadUpstream(format!(
+        "{} sent a manifest whose bytes hash to {actual}, not {expected}; nothing stored",
+        target.alias()
+    ))
 }

@@ -26,11 +26,13 @@ pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
 
 use crate::config::Config;
-use crate::error::{Code, Error};
+mod error;
+
 use crate::oci::{Digest, RepoName};
 use crate::secrets::SecretSource;
 use crate::store::{Key, Store, StoreError};
 use crate::upstream::Upstream;
+pub use error::{CacheError, SetupError, Wanted};
 use flight::SingleFlight;
 use memory::{BlobMarkerMemory, ManifestMemory, TagMemory};
 
@@ -189,27 +191,19 @@ impl Registry {
         store: Arc<dyn Store>,
         clock: Arc<Clock>,
         services: Services,
-    ) -> Result<Arc<Registry>, Error> {
+    ) -> Result<Arc<Registry>, SetupError> {
         let mut upstreams = HashMap::new();
         let mut names = HashMap::new();
         for u in &config.upstreams {
             if u.secret_arn.is_some() && services.secrets.is_none() {
-                return Err(Error::new(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    Code::Unavailable,
-                    format!(
-                        "upstream {} has a secret_arn but no Secrets Manager client was configured",
-                        u.alias
-                    ),
-                ));
+                return Err(SetupError::NoSecretsClient {
+                    alias: u.alias.clone(),
+                });
             }
             let client = Upstream::with_secrets(u.clone(), &config, services.secrets.clone())
-                .map_err(|e| {
-                    Error::new(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        Code::Unavailable,
-                        format!("cannot build HTTP client for {}: {e}", u.alias),
-                    )
+                .map_err(|e| SetupError::HttpClient {
+                    alias: u.alias.clone(),
+                    detail: e.to_string(),
                 })?;
             upstreams.insert(u.alias.clone(), Arc::new(client));
             for n in std::iter::once(&u.alias).chain(&u.other_names) {
@@ -276,16 +270,13 @@ impl Registry {
 
     /// Picks the upstream for a request: `?ns=` first, then a path prefix naming a configured
     /// upstream, then the default. Applies Docker Hub's `library/` rule.
-    pub fn resolve(&self, name: &RepoName, ns: Option<&str>) -> Result<Target, Error> {
+    pub fn resolve(&self, name: &RepoName, ns: Option<&str>) -> Result<Target, CacheError> {
         let (alias, repo) = if let Some(ns) = ns {
             let alias = self.names.get(ns).ok_or_else(|| {
-                Error::not_found(
-                    Code::NameUnknown,
-                    format!(
-                        "no upstream named {:?} is configured (from ?ns=)",
-                        truncate(ns)
-                    ),
-                )
+                CacheError::NameUnknown(format!(
+                    "no upstream named {:?} is configured (from ?ns=)",
+                    truncate(ns)
+                ))
             })?;
             (alias.clone(), name.clone())
         } else if let (Some(alias), Some(rest)) = (
@@ -294,22 +285,16 @@ impl Registry {
         ) {
             (alias.clone(), rest)
         } else if name.component_count() > 1 && looks_like_host(name.first_component()) {
-            return Err(Error::not_found(
-                Code::NameUnknown,
-                format!(
-                    "no upstream named {:?} is configured; configured: {}",
-                    name.first_component(),
-                    self.configured_aliases()
-                ),
-            ));
+            return Err(CacheError::NameUnknown(format!(
+                "no upstream named {:?} is configured; configured: {}",
+                name.first_component(),
+                self.configured_aliases()
+            )));
         } else {
             (self.config.default_upstream.clone(), name.clone())
         };
         let upstream = self.upstreams.get(&alias).cloned().ok_or_else(|| {
-            Error::not_found(
-                Code::NameUnknown,
-                format!("upstream {alias} is not configured"),
-            )
+            CacheError::NameUnknown(format!("upstream {alias} is not configured"))
         })?;
         let repo = if upstream.config().library_prefix && repo.component_count() == 1 {
             repo.with_library_prefix()
@@ -317,14 +302,10 @@ impl Registry {
             repo
         };
         if !crate::config::allowed(&upstream.config().allow, repo.as_str()) {
-            return Err(Error::new(
-                axum::http::StatusCode::FORBIDDEN,
-                Code::Denied,
-                format!(
-                    "repository {repo} is not in the allow-list of upstream {}",
-                    upstream.alias()
-                ),
-            ));
+            return Err(CacheError::Denied(format!(
+                "repository {repo} is not in the allow-list of upstream {}",
+                upstream.alias()
+            )));
         }
         Ok(Target {
             upstream,
@@ -347,7 +328,10 @@ impl Registry {
             .unwrap_or(self.config.tag_ttl)
     }
 
-    async fn read_json<T: for<'de> Deserialize<'de>>(&self, key: &Key) -> Result<Option<T>, Error> {
+    async fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<T>, CacheError> {
         match self.store.get(key).await? {
             None => Ok(None),
             Some(bytes) => match serde_json::from_slice(&bytes) {
@@ -368,7 +352,11 @@ impl Registry {
 
     /// A repository's marker for a digest. Blob markers never change once written, so they are
     /// also kept in memory: a warm blob then costs no store request before its redirect.
-    async fn read_marker(&self, target: &Target, digest: &Digest) -> Result<Option<Marker>, Error> {
+    async fn read_marker(
+        &self,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<Option<Marker>, CacheError> {
         let remembered = target.scoped_digest(digest);
         if let Some(size) = self.blob_markers.get(&remembered) {
             return Ok(Some(Marker::blob(size)));
@@ -393,7 +381,7 @@ impl Registry {
         target: &Target,
         digest: &Digest,
         marker: &Marker,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CacheError> {
         let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
         self.write_json(&key, marker).await?;
         if marker.media_type.is_none() {

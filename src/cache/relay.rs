@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::{CacheError, Wanted};
 use super::{Registry, Target};
-use crate::error::{Code, Error, Wanted};
 use crate::oci::{Digest, Tag};
 use crate::store::keys;
 use crate::upstream::UpstreamError;
@@ -48,14 +48,14 @@ impl Registry {
         n: Option<u32>,
         last: Option<&Tag>,
         ns: Option<&str>,
-    ) -> Result<RelayAnswer, Error> {
+    ) -> Result<RelayAnswer, CacheError> {
         let (tags, warning) = match self.upstream_tags(target).await {
             Ok(tags) => (tags, None),
             Err(e @ UpstreamError::NotFound { .. }) => {
-                return Err(Error::from_upstream(e, Wanted::Repository));
+                return Err(CacheError::upstream(e, Wanted::Repository));
             }
             Err(e) => {
-                let err = Error::from_upstream(e, Wanted::Repository);
+                let err = CacheError::upstream(e, Wanted::Repository);
                 let names = self
                     .store
                     .list(&keys::tags_prefix(target.alias(), &target.repo))
@@ -162,7 +162,7 @@ impl Registry {
         digest: &Digest,
         query: Option<&str>,
         ns: Option<&str>,
-    ) -> Result<RelayAnswer, Error> {
+    ) -> Result<RelayAnswer, CacheError> {
         let path = format!("/v2/{}/referrers/{digest}", target.client_name);
         let relink = |link: Option<String>| {
             link.and_then(|l| link_query(&l, &[]))
@@ -173,7 +173,7 @@ impl Registry {
                 .upstream
                 .referrers(&target.repo, digest, Some(q))
                 .await
-                .map_err(|e| Error::from_upstream(e, Wanted::Manifest))?;
+                .map_err(|e| CacheError::upstream(e, Wanted::Manifest))?;
             return Ok(RelayAnswer {
                 content_type: r
                     .content_type
@@ -217,10 +217,9 @@ impl Registry {
                     warning: None,
                 })
             }
-            Err(e @ UpstreamError::NotFound { .. }) => Err(Error::not_found(
-                Code::ManifestUnknown,
-                format!("{e}; the upstream has no referrers API, use the sha256-<hex> tag schema"),
-            )),
+            Err(e @ UpstreamError::NotFound { .. }) => Err(CacheError::ManifestUnknown(format!(
+                "{e}; the upstream has no referrers API, use the sha256-<hex> tag schema"
+            ))),
             Err(e) => match cached {
                 Some(c) => Ok(RelayAnswer {
                     bytes: Bytes::from(c.body),
@@ -228,7 +227,7 @@ impl Registry {
                     link: relink(c.link),
                     warning: Some(format!("299 - \"stale: {} unreachable\"", target.alias())),
                 }),
-                None => Err(Error::from_upstream(e, Wanted::Manifest)),
+                None => Err(CacheError::upstream(e, Wanted::Manifest)),
             },
         }
     }

@@ -16,10 +16,12 @@ use axum::routing::any;
 
 use crate::auth::ClientAuth;
 use crate::cache::{BlobAnswer, Registry, RelayAnswer};
-use crate::error::{Code, Error};
+pub mod error;
+
 use crate::oci::{ClientAccept, Digest, Tag};
 use crate::store::counted::counting;
 use crate::store::{BlobRead, RangeRequest};
+use error::{Code, Error};
 use path::Endpoint;
 
 /// Longest query string looked at; longer ones are refused.

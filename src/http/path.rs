@@ -1,7 +1,7 @@
 //! Request paths parsed into typed requests, from the right (`/v2/<name>/manifests/<ref>`: the
 //! name may itself contain slashes, the endpoint part never does).
 
-use crate::error::{Code, Error};
+use crate::http::error::{Code, Error};
 use crate::oci::{Digest, Reference, RepoName};
 
 #[derive(Debug, PartialEq, Eq)]

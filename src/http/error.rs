@@ -1,4 +1,5 @@
-//! The OCI error envelope, and the one conversion of every lower-layer error into it.
+//! The OCI error envelope, and the one mapping of every lower layer's error (cache, auth) to an
+//! HTTP status and an OCI error code.
 //!
 //! Every error a client sees is `{"errors":[{"code":"…","message":"…"}]}` with
 //! `Content-Type: application/json`, whatever went wrong and wherever: never an HTML page, also
@@ -8,8 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{AuthError, SECRET_RETRY_SECS};
-use crate::oci::FillError;
-use crate::store::StoreError;
+use crate::cache::{CacheError, Wanted};
 use crate::upstream::UpstreamError;
 
 /// Error codes of the distribution spec, plus `UNAVAILABLE` (as CNCF distribution uses it).
@@ -60,14 +60,6 @@ pub struct Error {
     pub total_size: Option<u64>,
 }
 
-/// What was being looked for, so an upstream 404 becomes the right `*_UNKNOWN` code.
-#[derive(Clone, Copy, Debug)]
-pub enum Wanted {
-    Manifest,
-    Blob,
-    Repository,
-}
-
 impl Error {
     pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> Error {
         Error {
@@ -86,62 +78,67 @@ impl Error {
     pub fn not_found(code: Code, message: impl Into<String>) -> Error {
         Error::new(StatusCode::NOT_FOUND, code, message)
     }
+}
 
-    /// Maps an upstream failure, given what was asked for.
-    pub fn from_upstream(e: UpstreamError, wanted: Wanted) -> Error {
+/// Maps an upstream failure, given what was asked for.
+fn from_upstream(e: &UpstreamError, wanted: Wanted) -> Error {
+    let message = e.to_string();
+    match e {
+        UpstreamError::NotFound { code, .. } => {
+            let code = match (code.as_deref(), wanted) {
+                (Some("NAME_UNKNOWN"), _) | (_, Wanted::Repository) => Code::NameUnknown,
+                (_, Wanted::Manifest) => Code::ManifestUnknown,
+                (_, Wanted::Blob) => Code::BlobUnknown,
+            };
+            Error::not_found(code, message)
+        }
+        UpstreamError::Denied { .. } => Error::new(StatusCode::FORBIDDEN, Code::Denied, message),
+        UpstreamError::TooManyRequests { retry_after, .. } => {
+            let mut err = Error::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::TooManyRequests,
+                message,
+            );
+            err.retry_after = Some(retry_after.unwrap_or(60));
+            err
+        }
+        UpstreamError::Unreachable { .. } => {
+            Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
+        }
+        UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => {
+            Error::new(StatusCode::BAD_GATEWAY, Code::Unavailable, message)
+        }
+    }
+}
+
+impl From<CacheError> for Error {
+    fn from(e: CacheError) -> Error {
         let message = e.to_string();
         match e {
-            UpstreamError::NotFound { code, .. } => {
-                let code = match (code.as_deref(), wanted) {
-                    (Some("NAME_UNKNOWN"), _) | (_, Wanted::Repository) => Code::NameUnknown,
-                    (_, Wanted::Manifest) => Code::ManifestUnknown,
-                    (_, Wanted::Blob) => Code::BlobUnknown,
-                };
-                Error::not_found(code, message)
-            }
-            UpstreamError::Denied { .. } => {
-                Error::new(StatusCode::FORBIDDEN, Code::Denied, message)
-            }
-            UpstreamError::TooManyRequests { retry_after, .. } => {
-                let mut err = Error::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Code::TooManyRequests,
-                    message,
-                );
-                err.retry_after = Some(retry_after.unwrap_or(60));
-                err
-            }
-            UpstreamError::Unreachable { .. } => {
-                Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
-            }
-            UpstreamError::BadStatus { .. } | UpstreamError::Invalid { .. } => {
+            CacheError::NameUnknown(_) => Error::not_found(Code::NameUnknown, message),
+            CacheError::ManifestUnknown(_) => Error::not_found(Code::ManifestUnknown, message),
+            CacheError::NameInvalid(_) => Error::bad_request(Code::NameInvalid, message),
+            CacheError::DigestInvalid(_) => Error::bad_request(Code::DigestInvalid, message),
+            CacheError::Denied(_) => Error::new(StatusCode::FORBIDDEN, Code::Denied, message),
+            CacheError::Upstream { source, wanted } => from_upstream(&source, wanted),
+            CacheError::BadUpstream(_) | CacheError::Fill(_) => {
                 Error::new(StatusCode::BAD_GATEWAY, Code::Unavailable, message)
             }
-        }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Error {
-        match e {
-            StoreError::Fill(f) => Error::from(f),
-            StoreError::Io { .. } | StoreError::Backend { .. } => Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            CacheError::Store(_) | CacheError::Unavailable(_) => {
+                Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message)
+            }
+            CacheError::Busy { retry_after, .. } => {
+                let mut err =
+                    Error::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message);
+                err.retry_after = Some(retry_after);
+                err
+            }
+            CacheError::Internal(_) => Error::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
                 Code::Unavailable,
-                format!("cache store unavailable: {e}"),
+                message,
             ),
         }
-    }
-}
-
-impl From<FillError> for Error {
-    /// A fill refused: the upstream sent wrong or short bytes, or was cut off. Nothing was stored.
-    fn from(e: FillError) -> Error {
-        Error::new(
-            StatusCode::BAD_GATEWAY,
-            Code::Unavailable,
-            format!("upstream blob rejected, nothing stored: {e}"),
-        )
     }
 }
 
@@ -204,5 +201,63 @@ impl IntoResponse for Error {
             h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::FillError;
+    use crate::store::StoreError;
+
+    /// What the cache serves stale is exactly what the edge answers with a 5xx or a 429.
+    #[test]
+    fn transient_cache_errors_are_the_5xx_and_429_answers() {
+        let up = |e: UpstreamError| CacheError::upstream(e, Wanted::Manifest);
+        let all = [
+            CacheError::NameUnknown("x".into()),
+            CacheError::ManifestUnknown("x".into()),
+            CacheError::NameInvalid("x".into()),
+            CacheError::DigestInvalid("x".into()),
+            CacheError::Denied("x".into()),
+            up(UpstreamError::NotFound {
+                upstream: "u".into(),
+                code: None,
+                message: None,
+            }),
+            up(UpstreamError::Denied {
+                upstream: "u".into(),
+                status: 403,
+            }),
+            up(UpstreamError::TooManyRequests {
+                upstream: "u".into(),
+                retry_after: None,
+            }),
+            up(UpstreamError::Unreachable {
+                upstream: "u".into(),
+                detail: "d".into(),
+            }),
+            CacheError::BadUpstream("x".into()),
+            CacheError::from(StoreError::Backend {
+                key: "k".into(),
+                message: "x".into(),
+            }),
+            CacheError::from(FillError::Source("x".into())),
+            CacheError::Busy {
+                message: "x".into(),
+                retry_after: 1,
+            },
+            CacheError::Unavailable("x".into()),
+            CacheError::Internal("x".into()),
+        ];
+        for e in all {
+            let transient = e.is_transient();
+            let answer = Error::from(e.clone());
+            assert_eq!(
+                transient,
+                answer.status.is_server_error() || answer.code == Code::TooManyRequests,
+                "{e:?}"
+            );
+        }
     }
 }
