@@ -23,7 +23,7 @@ use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_types::SdkConfig;
 
-use crate::cache::{FillHandoff, FillJob};
+use crate::cache::{FillHandoff, FillJob, HandoffError};
 use crate::secrets::{SecretError, SecretSource};
 
 /// Both calls answer in milliseconds; these bound a hung endpoint. A whole call, retries and
@@ -163,9 +163,9 @@ impl LambdaInvoker {
 
 #[async_trait::async_trait]
 impl FillHandoff for LambdaInvoker {
-    async fn hand_off(&self, job: &FillJob) -> Result<(), String> {
+    async fn hand_off(&self, job: &FillJob) -> Result<(), HandoffError> {
         let body = serde_json::to_vec(&serde_json::json!({ "fill": job }))
-            .map_err(|e| format!("Invoke {}: event: {e}", self.function))?;
+            .map_err(|e| HandoffError(format!("Invoke {}: event: {e}", self.function)))?;
         let answer = self
             .client
             .invoke()
@@ -174,12 +174,18 @@ impl FillHandoff for LambdaInvoker {
             .payload(aws_sdk_lambda::primitives::Blob::new(body))
             .send()
             .await
-            .map_err(|e| format!("Invoke {}: {}", self.function, describe("Lambda", &e)))?;
+            .map_err(|e| {
+                HandoffError(format!(
+                    "Invoke {}: {}",
+                    self.function,
+                    describe("Lambda", &e)
+                ))
+            })?;
         if answer.status_code != 202 {
-            return Err(format!(
+            return Err(HandoffError(format!(
                 "Invoke {}: expected 202 Accepted for an Event invocation, got {}",
                 self.function, answer.status_code
-            ));
+            )));
         }
         tracing::info!(function = %self.function, digest = %job.digest, "blob fill handed to an asynchronous invocation");
         Ok(())

@@ -6,6 +6,7 @@
 
 mod blobs;
 mod flight;
+mod handoff;
 mod lease;
 mod manifests;
 mod memory;
@@ -21,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use blobs::BlobAnswer;
 pub use flight::FaultHook;
-pub use lease::{FillHandoff, FillJob, FillOutcome, FillPolicy, ServerLease};
+pub use handoff::{FillHandoff, FillJob, FillOutcome, FillPolicy, HandoffError};
+pub use lease::ServerLease;
 pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
 
