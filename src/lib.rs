@@ -19,8 +19,8 @@
 //! - [`lambda`]: Lambda mode: API Gateway / function URL events into the same router, and the
 //!   `{"fill": …}` events of asynchronous blob copies.
 //! - [`aws`]: the Lambda `Invoke` and Secrets Manager `GetSecretValue` calls (SDK clients).
-//! - [`app`]: the assembly: store, AWS clients, client auth and router from a configuration;
-//!   one [`AppError`] for every way starting up can fail.
+//! - [`app`](mod@app): the assembly: store, AWS clients, client auth and router from a
+//!   configuration; one [`AppError`] for every way starting up can fail.
 //!
 //! [`app()`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
