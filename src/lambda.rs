@@ -65,8 +65,12 @@ impl Function {
                     .into(),
             );
         }
-        let store = crate::open_store(&config).await?;
-        let sdk = crate::aws_sdk_config(&config).await?;
+        let store = crate::open_store(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sdk = crate::aws_sdk_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
         let secrets = crate::aws::SecretsManager::new(&sdk);
         let invoker = crate::aws::LambdaInvoker::new(&sdk, function_name);
         let services = Services {
@@ -74,7 +78,8 @@ impl Function {
             fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
             ..Services::default()
         };
-        let (router, registry) = crate::build(config, store, Arc::new(Clock::default()), services)?;
+        let (router, registry) = crate::build(config, store, Arc::new(Clock::default()), services)
+            .map_err(|e| e.to_string())?;
         Ok(Function::new(router, registry))
     }
 

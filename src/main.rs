@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use pullthrough::AppError;
 use pullthrough::config::{Config, Settings};
 
 #[derive(Parser)]
@@ -32,6 +33,26 @@ struct LambdaSettings {
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    init_tracing(lambda);
+    match start(lambda) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pullthrough: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The exit status of a failure: 1 when the server ran and failed (or no runtime could start),
+/// 2 when setting up failed (configuration, store, clients, listener, signals, Lambda).
+fn exit_code(e: &AppError) -> ExitCode {
+    match e {
+        AppError::Serve(_) | AppError::Runtime(_) => ExitCode::FAILURE,
+        _ => ExitCode::from(2),
+    }
+}
+
+fn init_tracing(lambda: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if lambda {
@@ -44,6 +65,10 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+}
+
+/// Starts the async runtime and runs the Lambda function or the command line's command on it.
+fn start(lambda: bool) -> Result<ExitCode, AppError> {
     let runtime = if lambda {
         // One invocation at a time: a current-thread runtime starts faster and is enough.
         tokio::runtime::Builder::new_current_thread()
@@ -53,104 +78,48 @@ fn main() -> ExitCode {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pullthrough: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    }
+    .map_err(AppError::Runtime)?;
     if lambda {
-        runtime.block_on(lambda_main())
+        runtime.block_on(run_lambda())?;
+        Ok(ExitCode::SUCCESS)
     } else {
-        runtime.block_on(serve_main())
+        runtime.block_on(run(Cli::parse().command))
     }
 }
 
-async fn lambda_main() -> ExitCode {
+async fn run_lambda() -> Result<(), AppError> {
     let settings = LambdaSettings::parse_from(["pullthrough"]).settings;
-    match pullthrough::lambda::run(&settings).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            ExitCode::from(2)
-        }
-    }
+    pullthrough::lambda::run(&settings)
+        .await
+        .map_err(|e| AppError::Lambda(e.to_string()))
 }
 
-async fn serve_main() -> ExitCode {
-    let (settings, verify) = match Cli::parse().command {
+/// `serve` until SIGTERM/SIGINT, or `verify` (whose status says whether every blob matched).
+async fn run(command: Command) -> Result<ExitCode, AppError> {
+    let (settings, verify) = match command {
         Command::Serve(s) => (s, false),
         Command::Verify(s) => (s, true),
     };
-    let config = match Config::load(&settings) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let config = Config::load(&settings)?;
     if verify {
-        return match pullthrough::open_existing_store(&config).await {
-            Ok(store) => run_verify(store.as_ref()).await,
-            Err(e) => {
-                eprintln!("pullthrough: {e}");
-                ExitCode::from(2)
-            }
-        };
+        let store = pullthrough::open_existing_store(&config).await?;
+        return run_verify(store.as_ref()).await;
     }
-    let store = match pullthrough::open_store(&config).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let services = match pullthrough::server_services(&config).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let store = pullthrough::open_store(&config).await?;
+    let services = pullthrough::server_services(&config).await?;
     let listen = config.listen;
     let limits = config.connections.clone();
-    let router = match pullthrough::build(config, store, Arc::default(), services) {
-        Ok((r, _)) => r,
-        Err(e) => {
-            eprintln!("pullthrough: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("pullthrough: cannot listen on {listen}: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (router, _) = pullthrough::build(config, store, Arc::default(), services)?;
+    let listener = pullthrough::app::bind(listen).await?;
     // The bound address, not the configured one: with port 0 this says which port was chosen.
     let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, "pullthrough serving");
     eprintln!("pullthrough: serving on http://{listen}");
-    let shutdown = match shutdown_signal() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("pullthrough: cannot listen for signals: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match pullthrough::serve_with(listener, router, limits, shutdown).await {
-        Ok(()) => {
-            eprintln!("pullthrough: stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("pullthrough: server error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let shutdown = shutdown_signal().map_err(AppError::Signals)?;
+    pullthrough::serve_with(listener, router, limits, shutdown).await?;
+    eprintln!("pullthrough: stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on the first SIGTERM (systemd, Kubernetes, `docker stop`) or SIGINT (Ctrl-C). The
@@ -169,31 +138,27 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
-async fn run_verify(store: &dyn pullthrough::store::Store) -> ExitCode {
-    match pullthrough::verify::verify(store).await {
-        Ok(report) => {
-            for (key, actual) in &report.bad {
-                println!("BAD {key}: its bytes hash to {actual}");
-            }
-            for key in &report.strange {
-                println!("STRANGE {key}: not named by a digest");
-            }
-            println!(
-                "checked {} blobs ({} bytes): {} bad, {} strange",
-                report.checked,
-                report.bytes,
-                report.bad.len(),
-                report.strange.len()
-            );
-            if report.bad.is_empty() && report.strange.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("pullthrough: verify failed: {e}");
-            ExitCode::from(2)
-        }
+/// Prints what `verify` found; the status is 1 if any blob is bad or strange.
+async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, AppError> {
+    let report = pullthrough::verify::verify(store)
+        .await
+        .map_err(AppError::Verify)?;
+    for (key, actual) in &report.bad {
+        println!("BAD {key}: its bytes hash to {actual}");
     }
+    for key in &report.strange {
+        println!("STRANGE {key}: not named by a digest");
+    }
+    println!(
+        "checked {} blobs ({} bytes): {} bad, {} strange",
+        report.checked,
+        report.bytes,
+        report.bad.len(),
+        report.strange.len()
+    );
+    Ok(if report.bad.is_empty() && report.strange.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
