@@ -14,13 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::{self, AuthSetupError};
-use crate::aws;
-use crate::cache::{Clock, Registry, Services, SetupError};
+use crate::aws::{self, AwsSetupError};
+use crate::cache::{Clock, FillPolicy, Registry, Services, SetupError};
 use crate::config::{
-    ClientAuthSetting, Config, ConfigError, ConnectionLimits, Htpasswd, HtpasswdError,
+    ClientAuthSetting, Config, ConfigError, ConnectionLimits, Htpasswd, HtpasswdError, Settings,
     StoreLocation,
 };
 use crate::http;
+use crate::lambda;
 use crate::server;
 use crate::store::Store;
 use crate::store::counted::Counted;
@@ -51,12 +52,15 @@ pub enum AppError {
     #[error("S3 store {bucket:?} has no options")]
     S3Options { bucket: String },
     /// The S3 client could not be set up (no network I/O happens at this point).
-    #[error("cannot open S3 store s3://{bucket}: {message}")]
-    S3Store { bucket: String, message: String },
+    #[error("cannot open S3 store s3://{bucket}: {source}")]
+    S3Store {
+        bucket: String,
+        source: AwsSetupError,
+    },
     /// The AWS SDK configuration of the Secrets Manager and Lambda clients (a CA bundle that
     /// cannot be read, say).
-    #[error("{0}")]
-    AwsSdk(String),
+    #[error(transparent)]
+    AwsSdk(#[from] AwsSetupError),
     /// The client users' htpasswd text is not usable.
     #[error(transparent)]
     Htpasswd(#[from] HtpasswdError),
@@ -87,9 +91,17 @@ pub enum AppError {
     /// `verify` could not list or read the store.
     #[error("verify failed: {0}")]
     Verify(#[source] crate::store::StoreError),
-    /// Lambda mode could not initialise, or its runtime loop failed.
-    #[error("{0}")]
-    Lambda(String),
+    /// Lambda mode was given a filesystem store.
+    #[error(
+        "Lambda mode needs an S3 store (PULLTHROUGH_STORE=s3://bucket/prefix): an instance's disk does not outlive it"
+    )]
+    LambdaNeedsS3,
+    /// Lambda mode outside Lambda (or a runtime that does not name the function).
+    #[error("AWS_LAMBDA_FUNCTION_NAME is not set (Lambda sets it)")]
+    NoFunctionName,
+    /// Lambda mode's runtime loop failed.
+    #[error(transparent)]
+    Lambda(#[from] lambda::RuntimeError),
     /// The server failed while serving (accepting connections).
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -112,9 +124,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
             S3Store::open(options)
                 .await
                 .map(|s| Arc::new(s) as Arc<dyn Store>)
-                .map_err(|e| AppError::S3Store {
+                .map_err(|source| AppError::S3Store {
                     bucket: bucket.clone(),
-                    message: e.to_string(),
+                    source,
                 })
         }
     }
@@ -185,14 +197,14 @@ pub async fn aws_sdk_config(config: &Config) -> Result<aws_types::SdkConfig, App
     let ca_bundle = std::env::var_os("AWS_CA_BUNDLE")
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
-    crate::store::s3::load_sdk_config(
+    crate::aws::load_sdk_config(
         config.s3.region.as_deref(),
         ca_bundle.as_deref(),
         None,
         config.s3.max_attempts,
     )
     .await
-    .map_err(|e| AppError::AwsSdk(e.to_string()))
+    .map_err(AppError::AwsSdk)
 }
 
 /// The services of the server: a Secrets Manager reader when an upstream has a `secret_arn` or
@@ -235,4 +247,49 @@ pub async fn serve_with(
     server::run(listener, router, limits, shutdown)
         .await
         .map_err(AppError::Serve)
+}
+
+/// Lambda mode: the function built from the environment (as at a cold start), run against the
+/// runtime API until the runtime stops it. A failed initialisation is reported to the runtime
+/// API's `init/error` first, so Lambda shows the message.
+pub async fn run_lambda(settings: &Settings) -> Result<(), AppError> {
+    let function = match lambda_from_env(settings).await {
+        Ok(f) => f,
+        Err(e) => {
+            lambda::report_init_error(&e.to_string()).await;
+            return Err(e);
+        }
+    };
+    tracing::info!("pullthrough Lambda function initialised");
+    Ok(lambda::run(function).await?)
+}
+
+async fn lambda_from_env(settings: &Settings) -> Result<lambda::Function, AppError> {
+    let config = Config::load(settings)?;
+    let function_name =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").map_err(|_| AppError::NoFunctionName)?;
+    lambda_function(config, function_name).await
+}
+
+/// The Lambda function from the configuration: the S3 store, the AWS clients (Secrets Manager,
+/// and `Invoke` of `function_name` for fills that outlive their request) and the router. No
+/// network I/O.
+pub async fn lambda_function(
+    config: Config,
+    function_name: String,
+) -> Result<lambda::Function, AppError> {
+    if !matches!(config.store, StoreLocation::S3 { .. }) {
+        return Err(AppError::LambdaNeedsS3);
+    }
+    let store = open_store(&config).await?;
+    let sdk = aws_sdk_config(&config).await?;
+    let secrets = aws::SecretsManager::new(&sdk);
+    let invoker = aws::LambdaInvoker::new(&sdk, function_name);
+    let services = Services {
+        secrets: Some(Arc::new(secrets)),
+        fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
+        ..Services::default()
+    };
+    let (router, registry) = build(config, store, Arc::new(Clock::default()), services)?;
+    Ok(lambda::Function::new(router, registry))
 }

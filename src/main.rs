@@ -90,9 +90,7 @@ fn start(lambda: bool) -> Result<ExitCode, AppError> {
 
 async fn run_lambda() -> Result<(), AppError> {
     let settings = LambdaSettings::parse_from(["pullthrough"]).settings;
-    pullthrough::lambda::run(&settings)
-        .await
-        .map_err(|e| AppError::Lambda(e.to_string()))
+    pullthrough::app::run_lambda(&settings).await
 }
 
 /// `serve` until SIGTERM/SIGINT, or `verify` (whose status says whether every blob matched).

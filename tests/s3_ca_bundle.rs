@@ -87,7 +87,7 @@ async fn a_bundle_that_is_missing_or_holds_no_certificate_stops_start_up() {
         .await
         {
             Ok(_) => panic!("{} was accepted", path.display()),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(
             err.contains("AWS_CA_BUNDLE=") && err.contains(expected),

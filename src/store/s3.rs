@@ -16,49 +16,29 @@
 //! Every S3 call is logged at `debug` with its operation and key; the SDK retries throttling
 //! (503 SlowDown) and transient errors with backoff, and what still fails becomes
 //! [`StoreError::Backend`], which clients see as 503.
-//!
-//! ## `AWS_CA_BUNDLE`
-//!
-//! The AWS SDK for Rust does not read `AWS_CA_BUNDLE` (nor a profile's `ca_bundle`): its HTTPS
-//! client trusts the platform's roots only (via `rustls-native-certs`, which honours
-//! `SSL_CERT_FILE`/`SSL_CERT_DIR`). The other SDKs and the AWS CLI use the bundle, and these
-//! machines set it, so this store honours it explicitly: when `AWS_CA_BUNDLE` names a PEM file,
-//! its certificates are trusted *in addition to* the platform roots (a bundle holding only a
-//! private CA still reaches AWS). The file is read and checked at start-up: unreadable, or
-//! without one usable certificate, is a start-up error naming the variable. Certificates that
-//! rustls cannot use as trust anchors are skipped with a warning, because handing them to the SDK
-//! would make it panic on its first connection.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{
-    Credentials, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
-};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
-use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
 use super::{BlobRead, ByteStream, Condition, Key, RangeRequest, Store, StoreError};
+use crate::aws::AwsSetupError;
 use crate::config::{Config, MIB, S3Settings, StoreLocation};
 
 /// S3's limit on the parts of one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// S3's smallest part (all but the last).
 const MIN_PART_SIZE: u64 = 5 * MIB;
-/// The region used when neither the `[s3]` table, the environment nor a profile names one.
-const FALLBACK_REGION: &str = "us-east-1";
 
 /// Everything [`S3Store::open`] needs.
 #[derive(Clone, Debug)]
@@ -109,7 +89,7 @@ impl S3Store {
     /// Builds the S3 client: region, credentials chain and endpoint from the `[s3]` settings and
     /// the standard AWS sources, the HTTPS client with `AWS_CA_BUNDLE` if given. No network I/O:
     /// credentials are resolved on the first request, the bucket is not checked.
-    pub async fn open(options: S3Options) -> Result<S3Store, String> {
+    pub async fn open(options: S3Options) -> Result<S3Store, AwsSetupError> {
         let S3Options {
             bucket,
             prefix,
@@ -119,7 +99,7 @@ impl S3Store {
             credentials,
         } = options;
 
-        let sdk = load_sdk_config(
+        let sdk = crate::aws::load_sdk_config(
             settings.region.as_deref(),
             ca_bundle.as_deref(),
             credentials,
@@ -533,50 +513,6 @@ impl Store for S3Store {
     }
 }
 
-/// The AWS SDK configuration shared by every AWS client of the process (S3, and the signed
-/// Lambda and Secrets Manager calls): region from `region` or the environment and profile files
-/// (never the instance metadata service, so no network I/O), the standard credential chain (or
-/// fixed `credentials`), and an HTTPS client that trusts `ca_bundle` in addition to the platform
-/// roots.
-pub async fn load_sdk_config(
-    region: Option<&str>,
-    ca_bundle: Option<&Path>,
-    credentials: Option<Credentials>,
-    max_attempts: u32,
-) -> Result<aws_types::SdkConfig, String> {
-    let mut trust = TrustStore::default();
-    if let Some(path) = &ca_bundle {
-        trust = trust.with_pem_certificate(load_ca_bundle(path)?);
-    }
-    let tls_context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|e| format!("S3 client TLS setup: {e}"))?;
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .tls_context(tls_context)
-        .build_https();
-
-    // The SDK's default region chain ends with the EC2 instance metadata service, a network
-    // call at start-up; ours stops at the environment and profile files.
-    let region = match &region {
-        Some(r) => RegionProviderChain::first_try(Region::new(String::from(*r))),
-        None => RegionProviderChain::first_try(
-            aws_config::environment::EnvironmentVariableRegionProvider::new(),
-        )
-        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
-        .or_else(Region::from_static(FALLBACK_REGION)),
-    };
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client)
-        .region(region)
-        .retry_config(RetryConfig::standard().with_max_attempts(max_attempts));
-    if let Some(c) = credentials {
-        loader = loader.credentials_provider(SharedCredentialsProvider::new(c));
-    }
-    Ok(loader.load().await)
-}
-
 /// Cuts a byte stream into parts of exactly `part_size` bytes. Each part is read into its own
 /// buffer allocated at its final size, and a chunk that crosses a part boundary is split (its
 /// tail carried over, not copied twice). Growing one buffer past its capacity instead would
@@ -908,46 +844,6 @@ where
     }
 }
 
-/// Reads `AWS_CA_BUNDLE`'s file and returns the certificates rustls accepts as trust anchors,
-/// as one PEM document.
-fn load_ca_bundle(path: &Path) -> Result<Vec<u8>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-
-    let what = format!("AWS_CA_BUNDLE={}", path.display());
-    let pem = std::fs::read(path).map_err(|e| format!("{what}: cannot read the CA bundle: {e}"))?;
-    let mut usable = Vec::new();
-    let mut skipped = 0usize;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("{what}: not a PEM certificate bundle: {e}"))?;
-        let mut probe = rustls::RootCertStore::empty();
-        match probe.add(cert.clone()) {
-            Ok(()) => usable.push(cert),
-            Err(e) => {
-                skipped += 1;
-                tracing::warn!(bundle = %path.display(), error = %e, "skipping a CA certificate rustls cannot use");
-            }
-        }
-    }
-    if usable.is_empty() {
-        return Err(format!(
-            "{what}: no usable CA certificate in the file ({skipped} unusable); unset it or point it at a PEM bundle"
-        ));
-    }
-    tracing::debug!(bundle = %path.display(), certificates = usable.len(), skipped, "trusting AWS_CA_BUNDLE in addition to the platform roots");
-    let mut out = Vec::new();
-    for cert in usable {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-        }
-        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,20 +894,5 @@ mod tests {
         assert!(five_tib.div_ceil(part_size_for(p, Some(five_tib))) <= MAX_PARTS);
         // Below S3's minimum part size is never used.
         assert_eq!(part_size_for(MIB, None), MIN_PART_SIZE);
-    }
-
-    #[test]
-    fn ca_bundle_errors_name_the_variable() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing.pem");
-        let e = load_ca_bundle(&missing).unwrap_err();
-        assert!(
-            e.contains("AWS_CA_BUNDLE=") && e.contains("cannot read"),
-            "{e}"
-        );
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "no certificates here\n").unwrap();
-        let e = load_ca_bundle(&empty).unwrap_err();
-        assert!(e.contains("no usable CA certificate"), "{e}");
     }
 }

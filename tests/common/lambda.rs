@@ -130,7 +130,7 @@ impl FakeAws {
                 )
             }
         };
-        let sdk = pullthrough::store::s3::load_sdk_config(
+        let sdk = pullthrough::aws::load_sdk_config(
             Some(REGION),
             ca.as_ref().map(|(_, path, _)| path.as_path()),
             Some(s3::test_credentials()),

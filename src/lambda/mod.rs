@@ -1,0 +1,182 @@
+//! Lambda mode: the same [`axum::Router`] as the server, driven by Lambda events.
+//!
+//! The binary switches to this mode when `AWS_LAMBDA_RUNTIME_API` is set (see `main.rs`). Two
+//! kinds of events reach the function:
+//!
+//! - **HTTP** events from an API Gateway HTTP API (payload format 2.0) or a Lambda function URL
+//!   (the same format). `lambda_http` turns them into `http::Request`s; the stage, if any, is
+//!   kept out of the path ([`strip_stage`]); the router answers; the answer is encoded here,
+//!   not by `lambda_http`, because its encoder decodes `+json` bodies as text through
+//!   `encoding_rs`, which drops a byte-order mark, transcodes a declared charset and replaces
+//!   invalid UTF-8, and a manifest's bytes are its identity ([`encode_response`]).
+//! - **Fill** events `{"fill": {upstream, repo, digest, lease}}`, sent by this function to itself
+//!   (`Invoke`, `InvocationType=Event`) when a blob copy outlives the request's deadline; see
+//!   [`crate::cache::FillJob`]; the sending side is [`handoff`].
+//!
+//! Everything is built once, at init (by `crate::app`, from the configuration), without network
+//! I/O (the S3, Lambda and Secrets Manager clients resolve credentials on first use), and reused
+//! by every invocation. This module speaks the Lambda side only: events in, payloads out, the
+//! runtime loop; the answers themselves come from the same router as in server mode.
+
+mod encoding;
+mod events;
+pub mod handoff;
+
+pub use encoding::{RESPONSE_LIMIT, encode_response};
+pub use events::strip_stage;
+
+use std::sync::Arc;
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use lambda_http::request::LambdaRequest;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tower::ServiceExt;
+
+use crate::cache::Registry;
+use crate::http::error::{Code, Error};
+use encoding::encode_error;
+use events::{FillEvent, is_fill_event};
+
+/// The runtime loop failed.
+#[derive(Debug, thiserror::Error)]
+#[error("Lambda runtime: {0}")]
+pub struct RuntimeError(String);
+
+/// The function: the router for HTTP events, the registry for fill events.
+#[derive(Clone)]
+pub struct Function {
+    router: axum::Router,
+    registry: Arc<Registry>,
+}
+
+impl Function {
+    pub fn new(router: axum::Router, registry: Arc<Registry>) -> Function {
+        Function { router, registry }
+    }
+
+    /// Handles one event (its raw JSON) and returns the response payload.
+    pub async fn handle(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
+        if is_fill_event(event) {
+            let FillEvent { fill } =
+                serde_json::from_str(event).map_err(|e| format!("malformed fill event: {e}"))?;
+            return match self.registry.fill_job(&fill).await {
+                Ok(outcome) => {
+                    tracing::info!(digest = %fill.digest, ?outcome, "fill event done");
+                    Ok(serde_json::json!({ "fill": outcome }))
+                }
+                // An error makes Lambda retry the event (the lease lets a retry continue).
+                Err(e) => Err(format!("fill {} failed: {e}", fill.digest).into()),
+            };
+        }
+        let request: LambdaRequest = serde_json::from_str(event).map_err(|e| {
+            format!(
+                "not an API Gateway HTTP API (2.0) or function URL event, nor a fill event: {e}"
+            )
+        })?;
+        Ok(self.http(request).await)
+    }
+
+    /// An HTTP event through the router, answered in the payload format 2.0 response shape
+    /// (API Gateway HTTP API and function URLs).
+    pub async fn http(&self, request: LambdaRequest) -> Value {
+        let (stage, source_ip) = match &request {
+            LambdaRequest::ApiGatewayV2(r) => (
+                r.request_context.stage.clone(),
+                r.request_context.http.source_ip.clone(),
+            ),
+            _ => (None, None),
+        };
+        let request: lambda_http::Request = request.into();
+        let (mut parts, body) = request.into_parts();
+        // The client's address as API Gateway / the function URL saw it: failed logins are
+        // limited per address here as in server mode.
+        if let Some(ip) = source_ip.and_then(|ip| ip.parse().ok()) {
+            parts.extensions.insert(crate::auth::ClientAddr(ip));
+        }
+        if let Some(path) = strip_stage(parts.uri.path(), stage.as_deref()) {
+            let mut uri = http::uri::Parts::from(parts.uri.clone());
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            if let Ok(pq) = pq.parse() {
+                uri.path_and_query = Some(pq);
+                if let Ok(u) = http::Uri::from_parts(uri) {
+                    parts.uri = u;
+                }
+            }
+        }
+        let body = match body {
+            lambda_http::Body::Text(t) => Bytes::from(t),
+            lambda_http::Body::Binary(b) => Bytes::from(b),
+            _ => Bytes::new(),
+        };
+        let request = http::Request::from_parts(parts, AxumBody::from(body));
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return encode_error(Error::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!("reading the response body: {e}"),
+                ))
+                .await;
+            }
+        };
+        match encode_response(parts.status, &parts.headers, &bytes) {
+            Some(v) => v,
+            None => {
+                encode_error(Error::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!(
+                        "the response ({} bytes) does not fit Lambda's 6 MB response payload limit",
+                        bytes.len()
+                    ),
+                ))
+                .await
+            }
+        }
+    }
+}
+
+/// Runs `function` against the Lambda runtime API until the runtime stops it.
+pub async fn run(function: Function) -> Result<(), RuntimeError> {
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<Box<RawValue>>| {
+            let function = function.clone();
+            async move { function.handle(event.payload.get()).await }
+        },
+    ))
+    .await
+    .map_err(|e| RuntimeError(e.to_string()))
+}
+
+/// `POST /2018-06-01/runtime/init/error` (best effort: the exit status tells Lambda anyway).
+pub async fn report_init_error(message: &str) {
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = serde_json::json!({
+        "errorMessage": message,
+        "errorType": "Runtime.InitError",
+    });
+    let sent = reqwest::Client::new()
+        .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+        .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not report the init error to the runtime API");
+    }
+}
