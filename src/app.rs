@@ -21,8 +21,8 @@ use crate::config::{
     StoreLocation,
 };
 use crate::http;
+use crate::http::server;
 use crate::lambda;
-use crate::server;
 use crate::store::Store;
 use crate::store::counted::Counted;
 use crate::store::fs::FsStore;

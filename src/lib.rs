@@ -35,11 +35,8 @@ pub mod http;
 pub mod lambda;
 pub mod oci;
 pub mod secrets;
-pub mod server;
-pub mod spill;
 pub mod store;
 pub mod upstream;
-pub mod verify;
 
 pub use app::{
     AppError, app, aws_sdk_config, build, open_existing_store, open_store, serve, serve_with,

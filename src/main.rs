@@ -138,7 +138,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
 
 /// Prints what `verify` found; the status is 1 if any blob is bad or strange.
 async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, AppError> {
-    let report = pullthrough::verify::verify(store)
+    let report = pullthrough::store::verify::verify(store)
         .await
         .map_err(AppError::Verify)?;
     for (key, actual) in &report.bad {

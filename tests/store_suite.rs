@@ -482,7 +482,9 @@ async fn open_streams_bytes_and_verify_finds_what_does_not_match(h: Harness) {
     }
     assert_eq!(got, good.to_vec());
     assert!(h.store.open(&blob_key(b"absent")).await.unwrap().is_none());
-    let report = pullthrough::verify::verify(h.store.as_ref()).await.unwrap();
+    let report = pullthrough::store::verify::verify(h.store.as_ref())
+        .await
+        .unwrap();
     assert_eq!((report.checked, report.bad.len()), (1, 0));
 
     // A plain put bypasses verification: exactly what verify is there to catch.
@@ -495,7 +497,9 @@ async fn open_streams_bytes_and_verify_finds_what_does_not_match(h: Harness) {
         )
         .await
         .unwrap();
-    let report = pullthrough::verify::verify(h.store.as_ref()).await.unwrap();
+    let report = pullthrough::store::verify::verify(h.store.as_ref())
+        .await
+        .unwrap();
     assert_eq!(report.checked, 2);
     assert_eq!(report.bad.len(), 1);
     assert_eq!(report.bad[0].0, blob_key(&named_for).to_string());

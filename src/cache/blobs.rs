@@ -25,8 +25,8 @@ use tokio::sync::watch;
 
 use super::{CacheError, Wanted};
 use super::{Marker, Registry, Target};
+use crate::cache::spill::{Reservation, Spill, SpillError};
 use crate::oci::{Digest, FillError, VerifyingStream};
-use crate::spill::{Reservation, Spill, SpillError};
 use crate::store::{BlobRead, RangeRequest, keys};
 
 /// How a blob GET is answered.

@@ -11,6 +11,7 @@ mod lease;
 mod manifests;
 mod memory;
 mod relay;
+pub mod spill;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,7 +165,7 @@ pub struct Registry {
     /// blob once.
     server_lease: ServerLease,
     /// Server mode over S3 with streamed misses: the bounded directory fills spill into.
-    spill_dir: Option<Arc<crate::spill::SpillDir>>,
+    spill_dir: Option<Arc<spill::SpillDir>>,
     /// The stage of every streamed blob fill running now, by `repo@digest` (the key of its
     /// flight): the requests that join a fill find its spill file here.
     fill_stages: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<blobs::FillStage>>>,
@@ -220,7 +221,7 @@ impl Registry {
         {
             // A directory that cannot be used (a read-only file system, say) does not stop the
             // server: its cold blobs are copied, then redirected, as with a full one.
-            match crate::spill::SpillDir::open(&config.spill.dir, config.spill.max_bytes) {
+            match spill::SpillDir::open(&config.spill.dir, config.spill.max_bytes) {
                 Ok(dir) => Some(dir),
                 Err(e) => {
                     tracing::warn!(

@@ -2,6 +2,8 @@
 //! call the [`Registry`] and build responses. No cache policy lives here.
 
 pub mod path;
+mod range;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,8 +21,8 @@ use crate::cache::{BlobAnswer, Registry, RelayAnswer};
 pub mod error;
 
 use crate::oci::{ClientAccept, Digest, Tag};
+use crate::store::BlobRead;
 use crate::store::counted::counting;
-use crate::store::{BlobRead, RangeRequest};
 use error::{Code, Error};
 use path::Endpoint;
 
@@ -415,7 +417,7 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
                 let range = headers
                     .get(header::RANGE)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(RangeRequest::parse);
+                    .and_then(range::parse_range);
                 match registry.blob(&target, &digest, range).await? {
                     BlobAnswer::Stored(read) => blob_response(read, &digest)?,
                     BlobAnswer::Passthrough { len, body } => {

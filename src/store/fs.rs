@@ -24,7 +24,7 @@ use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
 pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
-    /// Makes temporary file names unique within the process (`spill::process_tag` across).
+    /// Makes temporary file names unique within the process ([`super::process_tag`] across).
     counter: AtomicU64,
     /// The root directory, locked while this store lives, when it was free at opening.
     _lock: Option<std::fs::File>,
@@ -91,8 +91,7 @@ impl FsStore {
 
     fn tmp_path(&self) -> PathBuf {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp
-            .join(format!("{}-{n}", crate::spill::process_tag()))
+        self.tmp.join(format!("{}-{n}", super::process_tag()))
     }
 
     async fn publish(&self, tmp: &Path, key: &Key) -> Result<(), StoreError> {

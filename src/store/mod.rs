@@ -9,6 +9,7 @@ pub mod counted;
 pub mod fs;
 pub mod keys;
 pub mod s3;
+pub mod verify;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -177,30 +178,6 @@ pub enum RangeRequest {
 }
 
 impl RangeRequest {
-    /// Parses a single-range `Range` header; anything else (multiple ranges, other units) is
-    /// `None`, and the whole object is served, as RFC 9110 allows.
-    pub fn parse(value: &str) -> Option<RangeRequest> {
-        let spec = value.trim().strip_prefix("bytes=")?;
-        if spec.contains(',') {
-            return None;
-        }
-        let (a, b) = spec.split_once('-')?;
-        let (a, b) = (a.trim(), b.trim());
-        if a.is_empty() {
-            return Some(RangeRequest::Suffix(b.parse().ok()?));
-        }
-        let first = a.parse().ok()?;
-        let last = if b.is_empty() {
-            None
-        } else {
-            Some(b.parse().ok()?)
-        };
-        if last.is_some_and(|l| l < first) {
-            return None;
-        }
-        Some(RangeRequest::From { first, last })
-    }
-
     /// The satisfiable range within an object of `total` bytes, or `None` when unsatisfiable.
     pub fn resolve(self, total: u64) -> Option<ByteRange> {
         match self {
@@ -224,47 +201,18 @@ impl RangeRequest {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_parsing_and_resolution() {
-        let r = |s| RangeRequest::parse(s);
-        assert_eq!(
-            r("bytes=0-9").unwrap().resolve(100),
-            Some(ByteRange { first: 0, last: 9 })
-        );
-        assert_eq!(
-            r("bytes=90-").unwrap().resolve(100),
-            Some(ByteRange {
-                first: 90,
-                last: 99
-            })
-        );
-        assert_eq!(
-            r("bytes=90-500").unwrap().resolve(100),
-            Some(ByteRange {
-                first: 90,
-                last: 99
-            })
-        );
-        assert_eq!(
-            r("bytes=-10").unwrap().resolve(100),
-            Some(ByteRange {
-                first: 90,
-                last: 99
-            })
-        );
-        assert_eq!(
-            r("bytes=-500").unwrap().resolve(100),
-            Some(ByteRange { first: 0, last: 99 })
-        );
-        assert_eq!(r("bytes=100-").unwrap().resolve(100), None);
-        assert_eq!(r("bytes=-0").unwrap().resolve(100), None);
-        assert!(r("bytes=5-1").is_none());
-        assert!(r("bytes=0-1,5-6").is_none());
-        assert!(r("items=0-1").is_none());
-        assert!(r("bytes=x-1").is_none());
-    }
+/// `<pid>-<random>`: names this process's temporary and spill files. The pid tells a start-up
+/// clean-up whether their owner still runs; the random part keeps two processes with the same
+/// pid (two containers sharing a volume, both pid 1) from ever writing the same file.
+pub fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        use std::hash::BuildHasher;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let random = std::collections::hash_map::RandomState::new().hash_one(nanos);
+        format!("{}-{random:016x}", std::process::id())
+    })
 }

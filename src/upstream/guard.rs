@@ -62,8 +62,15 @@ pub fn is_public_upstream(url: &Url) -> bool {
     }
 }
 
+/// A URL a public upstream sent us to that names an internal host.
+#[derive(Debug, thiserror::Error)]
+#[error("refused to follow a public upstream to the internal address {host}")]
+pub struct InternalAddress {
+    pub host: String,
+}
+
 /// Refuses a URL a public upstream sent us to when it names an internal host outright.
-pub fn check_url(url: &Url) -> Result<(), String> {
+pub fn check_url(url: &Url) -> Result<(), InternalAddress> {
     let internal = match url.host() {
         Some(url::Host::Ipv4(ip)) => is_internal(IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => is_internal(IpAddr::V6(ip)),
@@ -74,10 +81,9 @@ pub fn check_url(url: &Url) -> Result<(), String> {
         None => true,
     };
     if internal {
-        Err(format!(
-            "refused to follow a public upstream to the internal address {}",
-            url.host_str().unwrap_or("")
-        ))
+        Err(InternalAddress {
+            host: url.host_str().unwrap_or("").to_owned(),
+        })
     } else {
         Ok(())
     }

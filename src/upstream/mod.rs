@@ -550,7 +550,7 @@ impl Upstream {
                 return Err(self.invalid("redirect from https to plain http refused"));
             }
             if self.public {
-                guard::check_url(&next).map_err(|e| self.invalid(e))?;
+                guard::check_url(&next).map_err(|e| self.invalid(e.to_string()))?;
             }
             if let Some(sink) = sink
                 && next.origin() != self.config.url.origin()

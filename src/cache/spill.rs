@@ -46,7 +46,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl SpillDir {
     /// Opens (creating) the directory and removes the spill files of processes that no longer
-    /// run (a crash): spill files are named `<pid>-<random>-<n>` ([`process_tag`]), so several
+    /// run (a crash): spill files are named `<pid>-<random>-<n>` ([`process_tag`](crate::store::process_tag)), so several
     /// processes may share one directory without removing each other's files.
     pub fn open(path: impl Into<PathBuf>, max_bytes: u64) -> io::Result<Arc<SpillDir>> {
         let path = path.into();
@@ -96,29 +96,15 @@ impl SpillDir {
             }
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self.path.join(format!("{}-{n}", process_tag()));
+        let path = self
+            .path
+            .join(format!("{}-{n}", crate::store::process_tag()));
         let reservation = Reservation {
             dir: Arc::clone(self),
             bytes: len,
         };
         Some((path, reservation))
     }
-}
-
-/// `<pid>-<random>`: names this process's temporary and spill files. The pid tells a start-up
-/// clean-up whether their owner still runs; the random part keeps two processes with the same
-/// pid (two containers sharing a volume, both pid 1) from ever writing the same file.
-pub fn process_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        use std::hash::BuildHasher;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let random = std::collections::hash_map::RandomState::new().hash_one(nanos);
-        format!("{}-{random:016x}", std::process::id())
-    })
 }
 
 fn process_alive(pid: u32) -> bool {
