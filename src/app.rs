@@ -1,6 +1,6 @@
 //! The application's assembly: from a validated [`Config`] to a running proxy. It opens the
 //! store, makes the AWS clients the configuration needs, builds the client authentication, the
-//! registry and its router, and serves that router on a listener until a shutdown future
+//! cache and its router, and serves that router on a listener until a shutdown future
 //! resolves (which is what lets tests run the real server on `127.0.0.1:0`).
 //!
 //! Everything that can go wrong while setting up is an [`AppError`], so `main` has one place that
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::auth::{self, AuthSetupError};
 use crate::aws::{self, AwsSetupError};
-use crate::cache::{Clock, FillPolicy, Registry, Services, SetupError};
+use crate::cache::{Cache, Clock, FillPolicy, Services, SetupError};
 use crate::config::{
     ClientAuthSetting, Config, ConfigError, ConnectionLimits, Htpasswd, HtpasswdError, Settings,
     StoreLocation,
@@ -72,7 +72,7 @@ pub enum AppError {
         "PULLTHROUGH_AUTH names the secret {arn}, but no Secrets Manager client was configured"
     )]
     NoSecretsClient { arn: String },
-    /// The registry could not be built over the store and upstreams (an upstream's HTTP
+    /// The cache could not be built over the store and upstreams (an upstream's HTTP
     /// client, a missing Secrets Manager client).
     #[error(transparent)]
     Cache(#[from] SetupError),
@@ -158,13 +158,13 @@ pub fn app(
     build(config, store, clock, Services::default()).map(|(router, _)| router)
 }
 
-/// The router and the registry behind it, with `services` (secrets, Lambda fill policy).
+/// The router and the cache behind it, with `services` (secrets, Lambda fill policy).
 pub fn build(
     config: Config,
     store: Arc<dyn Store>,
     clock: Arc<Clock>,
     services: Services,
-) -> Result<(axum::Router, Arc<Registry>), AppError> {
+) -> Result<(axum::Router, Arc<Cache>), AppError> {
     let key = config.token_key.as_ref().map(|k| k.as_bytes().to_vec());
     let auth = match &config.auth {
         ClientAuthSetting::None => None,
@@ -186,8 +186,8 @@ pub fn build(
         }
     };
     let store = Arc::new(Counted::new(store));
-    let registry = Registry::with_services(config, store, clock, services)?;
-    Ok((http::router(Arc::clone(&registry), auth), registry))
+    let cache = Cache::with_services(config, store, clock, services)?;
+    Ok((http::router(Arc::clone(&cache), auth), cache))
 }
 
 /// The SDK configuration of the Secrets Manager and Lambda clients: the S3 client's (`[s3]
@@ -290,6 +290,6 @@ pub async fn lambda_function(
         fill_policy: Some(FillPolicy::new(config.fill_deadline, Arc::new(invoker))),
         ..Services::default()
     };
-    let (router, registry) = build(config, store, Arc::new(Clock::default()), services)?;
-    Ok(lambda::Function::new(router, registry))
+    let (router, cache) = build(config, store, Arc::new(Clock::default()), services)?;
+    Ok(lambda::Function::new(router, cache))
 }

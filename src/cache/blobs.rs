@@ -23,8 +23,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::watch;
 
+use super::{Cache, Marker, Target};
 use super::{CacheError, Wanted};
-use super::{Marker, Registry, Target};
 use crate::cache::spill::{Reservation, Spill, SpillError};
 use crate::oci::{Digest, FillError, VerifyingStream};
 use crate::store::{BlobRead, RangeRequest, keys};
@@ -64,15 +64,15 @@ enum SpillPlace {
     Upload(std::path::PathBuf, Reservation),
 }
 
-/// Removes a streamed fill's stage from the registry when the fill ends, however it ends.
+/// Removes a streamed fill's stage from the cache when the fill ends, however it ends.
 struct StageEntry {
-    registry: Arc<Registry>,
+    cache: Arc<Cache>,
     key: String,
 }
 
 impl Drop for StageEntry {
     fn drop(&mut self) {
-        self.registry
+        self.cache
             .fill_stages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -80,7 +80,7 @@ impl Drop for StageEntry {
     }
 }
 
-impl Registry {
+impl Cache {
     /// How the client gets the blob's bytes (a redirect or a stream), filling it first if needed.
     pub async fn blob(
         &self,
@@ -306,7 +306,7 @@ impl Registry {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(flight_key.clone(), rx);
                 let entry = StageEntry {
-                    registry: Arc::clone(&this),
+                    cache: Arc::clone(&this),
                     key: flight_key,
                 };
                 (Some(tx), Some(entry))

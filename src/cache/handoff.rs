@@ -20,7 +20,7 @@
 //!    `503` + `Retry-After`, or a `307` to the upstream's signed URL when its blob GET had
 //!    redirected to another host (a CDN): the client then downloads from there, as it would
 //!    from the upstream directly, while the cache fills.
-//! 4. The **asynchronous invocation** ([`Registry::fill_job`]) adopts the lease (it is the named
+//! 4. The **asynchronous invocation** ([`Cache::fill_job`]) adopts the lease (it is the named
 //!    owner, or the lease is gone or expired), copies with no deadline but Lambda's own, and
 //!    deletes the lease.
 //!
@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::lease::{Acquired, Lease, busy, new_owner};
-use super::{BlobAnswer, CacheError, Registry, Target};
+use super::{BlobAnswer, Cache, CacheError, Target};
 use crate::oci::{Digest, RepoName};
 use crate::store::{BlobRead, Condition, keys};
 use crate::upstream::RedirectSink;
@@ -97,7 +97,7 @@ const SYNC_GRACE: Duration = Duration::from_secs(10);
 /// The lease of an asynchronous copy: Lambda's 15-minute limit plus a margin.
 pub const ASYNC_LEASE: Duration = Duration::from_secs(16 * 60);
 
-impl Registry {
+impl Cache {
     /// A blob miss in Lambda mode (see the module documentation).
     pub(super) async fn fill_within_deadline(
         &self,

@@ -3,7 +3,7 @@
 //! once expired (two takers cannot both win). Lambda mode's deadline and hand-off use it
 //! (see `handoff`).
 //!
-//! In **server mode over S3** ([`Registry::leased_copy`]) several instances may share a bucket.
+//! In **server mode over S3** ([`Cache::leased_copy`]) several instances may share a bucket.
 //! The single-flight leader of a fill takes the same lease (valid [`ServerLease::ttl`], renewed
 //! every [`ServerLease::renew_every`] while the copy runs, so a long copy is never taken over
 //! while its owner lives) and deletes it when done. A leader that finds the lease held by
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::CacheError;
 use super::blobs::{FillStage, StageTx};
-use super::{Registry, Target};
+use super::{Cache, Target};
 use crate::oci::Digest;
 use crate::store::{Condition, keys};
 
@@ -44,7 +44,7 @@ impl ServerLease {
     }
 }
 
-/// The longest a request waits for another instance's copy of a blob (by the registry's clock).
+/// The longest a request waits for another instance's copy of a blob (by the cache's clock).
 const SERVER_WAIT_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// The first pause between looks at a lease held elsewhere, doubled up to [`WAIT_PAUSE_MAX`].
 const WAIT_PAUSE_FIRST: Duration = Duration::from_millis(200);
@@ -83,7 +83,7 @@ pub(super) fn new_owner() -> String {
     format!("{random:016x}{:08x}{n:x}", nanos as u32)
 }
 
-impl Registry {
+impl Cache {
     pub(super) fn lease_json(lease: &Lease) -> bytes::Bytes {
         serde_json::to_vec(lease).unwrap_or_default().into()
     }

@@ -6,8 +6,8 @@
 
 use bytes::Bytes;
 
+use super::{Cache, Marker, TagPointer, Target, inline_copy, verified_inline};
 use super::{CacheError, Wanted};
-use super::{Marker, Registry, TagPointer, Target, inline_copy, verified_inline};
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::schema1;
@@ -25,7 +25,7 @@ pub struct ManifestAnswer {
     pub warning: Option<String>,
 }
 
-impl Registry {
+impl Cache {
     pub async fn manifest(
         &self,
         target: &Target,

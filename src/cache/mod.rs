@@ -1,8 +1,13 @@
 //! The pull-through policy: the only place that decides hit, miss, revalidate or stale.
 //!
-//! Knows nothing of HTTP frameworks or storage SDKs: it is given parsed requests, a [`Store`] and
-//! the configured [`Upstream`]s, and answers with documents, blob locations or an OCI [`Error`].
-//! Routes call it; it never calls routes.
+//! Owns: which upstream a name goes to (and its allow-list), tag freshness and stale-if-error,
+//! manifest negotiation and verification, blob fills (single-flight, spill files, leases in the
+//! bucket, Lambda's deadline and hand-off), and the in-process memories.
+//!
+//! Never: HTTP. It is given parsed requests, a [`Store`] and the configured [`Upstream`]s, and
+//! answers with documents, blob locations or a [`CacheError`]; the HTTP edge picks statuses and
+//! OCI error codes. It imports nothing of the `http` or `lambda` modules, nor axum; routes call
+//! it, it never calls routes.
 
 mod blobs;
 mod flight;
@@ -145,7 +150,10 @@ impl Target {
     }
 }
 
-pub struct Registry {
+/// The pull-through cache: what a request for a manifest, a blob, tags or referrers gets, from
+/// the store, the in-process memories or the upstream, with fills shared by single-flight and
+/// leases. One per process (or Lambda instance), shared by every request.
+pub struct Cache {
     config: Config,
     store: Arc<dyn Store>,
     /// Upstreams by alias.
@@ -169,8 +177,8 @@ pub struct Registry {
     /// The stage of every streamed blob fill running now, by `repo@digest` (the key of its
     /// flight): the requests that join a fill find its spill file here.
     fill_stages: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<blobs::FillStage>>>,
-    /// This registry itself, for work handed to a background task (single-flight fills).
-    me: Weak<Registry>,
+    /// This cache itself, for work handed to a background task (single-flight fills).
+    me: Weak<Cache>,
 }
 
 /// Services a registry may use beyond its store: where upstream secrets are read, and (Lambda
@@ -188,13 +196,13 @@ pub struct Services {
     pub fault_hook: Option<flight::FaultHook>,
 }
 
-impl Registry {
+impl Cache {
     pub fn with_services(
         config: Config,
         store: Arc<dyn Store>,
         clock: Arc<Clock>,
         services: Services,
-    ) -> Result<Arc<Registry>, SetupError> {
+    ) -> Result<Arc<Cache>, SetupError> {
         let mut upstreams = HashMap::new();
         let mut names = HashMap::new();
         for u in &config.upstreams {
@@ -237,7 +245,7 @@ impl Registry {
         let server_lease = services
             .server_lease
             .unwrap_or_else(|| ServerLease::from_ttl(config.s3.fill_lease));
-        Ok(Arc::new_cyclic(|me| Registry {
+        Ok(Arc::new_cyclic(|me| Cache {
             me: me.clone(),
             spill_dir,
             fill_stages: Default::default(),
@@ -256,17 +264,17 @@ impl Registry {
         }))
     }
 
-    fn handle(&self) -> Arc<Registry> {
+    fn handle(&self) -> Arc<Cache> {
         self.me
             .upgrade()
-            .expect("a Registry method runs only while the Registry is alive")
+            .expect("a Cache method runs only while the Cache is alive")
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// The registry's clock, in Unix milliseconds (tests move it forward).
+    /// The cache's clock, in Unix milliseconds (tests move it forward).
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::{Cache, Target};
 use super::{CacheError, Wanted};
-use super::{Registry, Target};
 use crate::oci::{Digest, Tag};
 use crate::store::keys;
 use crate::upstream::UpstreamError;
@@ -37,7 +37,7 @@ struct CachedReferrers {
     link: Option<String>,
 }
 
-impl Registry {
+impl Cache {
     /// The repository's tags, sorted and paginated here (`last`, then `n`, with a `Link` to our
     /// own path when more follow): many upstreams ignore `last` or page on their own, so the
     /// whole list is fetched and the client's page cut from it. When the upstream fails, the

@@ -13,7 +13,7 @@
 //! finds nothing of the failed fill.
 //!
 //! A spill file is removed when the last handle to it goes (writer, readers, the fill's
-//! registry entry); the bytes it reserved in its [`SpillDir`] are given back then. This module
+//! cache entry); the bytes it reserved in its [`SpillDir`] are given back then. This module
 //! knows nothing of registries, stores or HTTP.
 
 use std::io;

@@ -1,5 +1,5 @@
 //! The HTTP edge: one `/v2/{*rest}` route, typed requests parsed from the path, thin handlers that
-//! call the [`Registry`] and build responses. No cache policy lives here.
+//! call the [`Cache`] and build responses. No cache policy lives here.
 
 pub mod path;
 mod range;
@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
 use crate::auth::ClientAuth;
-use crate::cache::{BlobAnswer, Registry, RelayAnswer};
+use crate::cache::{BlobAnswer, Cache, RelayAnswer};
 pub mod error;
 
 use crate::oci::{ClientAccept, Digest, Tag};
@@ -32,13 +32,13 @@ const MAX_QUERY_LEN: usize = 4096;
 /// What every handler can reach.
 #[derive(Clone)]
 struct AppState {
-    registry: Arc<Registry>,
+    cache: Arc<Cache>,
     /// Client authentication; `None` when off.
     auth: Option<Arc<ClientAuth>>,
 }
 
-pub fn router(registry: Arc<Registry>, auth: Option<Arc<ClientAuth>>) -> Router {
-    let state = AppState { registry, auth };
+pub fn router(cache: Arc<Cache>, auth: Option<Arc<ClientAuth>>) -> Router {
+    let state = AppState { cache, auth };
     let api = Router::new()
         .route("/v2", any(base))
         .route("/v2/", any(base))
@@ -74,7 +74,7 @@ async fn require_auth(State(state): State<AppState>, req: Request, next: Next) -
     let ok = match header {
         None => false,
         Some(header) => {
-            let now = state.registry.now_ms();
+            let now = state.cache.now_ms();
             let users = match auth.users(now).await {
                 Ok(u) => u,
                 Err(e) => return Error::from(e).into_response(),
@@ -173,7 +173,7 @@ async fn token(State(state): State<AppState>, req: Request) -> Response {
     } else {
         Bytes::new()
     };
-    let now = state.registry.now_ms();
+    let now = state.cache.now_ms();
     let grant = if method == Method::POST {
         password_grant(&headers, &body)
     } else {
@@ -308,7 +308,7 @@ fn allow_read(method: &Method) -> Result<(), Error> {
 }
 
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
-    match handle(&state.registry, req).await {
+    match handle(&state.cache, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -359,7 +359,7 @@ fn parse_query(raw: Option<&str>) -> Result<Query, Error> {
     Ok(q)
 }
 
-async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
+async fn handle(cache: &Cache, req: Request) -> Result<Response, Error> {
     let method = req.method().clone();
     allow_read(&method)?;
     let uri = req.uri().clone();
@@ -379,14 +379,14 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
             ));
         }
         Endpoint::Manifest(name, reference) => {
-            let target = registry.resolve(&name, ns)?;
+            let target = cache.resolve(&name, ns)?;
             let accept = ClientAccept::parse(
                 headers
                     .get_all(header::ACCEPT)
                     .iter()
                     .filter_map(|v| v.to_str().ok()),
             );
-            let a = registry.manifest(&target, &reference, &accept).await?;
+            let a = cache.manifest(&target, &reference, &accept).await?;
             let mut resp = Response::new(if head {
                 Body::empty()
             } else {
@@ -403,9 +403,9 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
             resp
         }
         Endpoint::Blob(name, digest) => {
-            let target = registry.resolve(&name, ns)?;
+            let target = cache.resolve(&name, ns)?;
             if head {
-                let size = registry.blob_size(&target, &digest).await?;
+                let size = cache.blob_size(&target, &digest).await?;
                 let mut resp = Response::new(Body::empty());
                 let h = resp.headers_mut();
                 set(h, header::CONTENT_LENGTH, &size.to_string());
@@ -418,7 +418,7 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
                     .get(header::RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(range::parse_range);
-                match registry.blob(&target, &digest, range).await? {
+                match cache.blob(&target, &digest, range).await? {
                     BlobAnswer::Stored(read) => blob_response(read, &digest)?,
                     BlobAnswer::Passthrough { len, body } => {
                         let mut resp = Response::new(Body::from_stream(body));
@@ -435,7 +435,7 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
             }
         }
         Endpoint::TagsList(name) => {
-            let target = registry.resolve(&name, ns)?;
+            let target = cache.resolve(&name, ns)?;
             let last = match query.last.as_deref() {
                 Some(l) => Some(
                     Tag::parse(l)
@@ -444,16 +444,14 @@ async fn handle(registry: &Registry, req: Request) -> Result<Response, Error> {
                 None => None,
             };
             relay_response(
-                registry
-                    .tags_list(&target, query.n, last.as_ref(), ns)
-                    .await?,
+                cache.tags_list(&target, query.n, last.as_ref(), ns).await?,
                 head,
             )
         }
         Endpoint::Referrers(name, digest) => {
-            let target = registry.resolve(&name, ns)?;
+            let target = cache.resolve(&name, ns)?;
             relay_response(
-                registry
+                cache
                     .referrers(&target, &digest, query.upstream.as_deref(), ns)
                     .await?,
                 head,

@@ -35,7 +35,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tower::ServiceExt;
 
-use crate::cache::Registry;
+use crate::cache::Cache;
 use crate::http::error::{Code, Error};
 use encoding::encode_error;
 use events::{FillEvent, is_fill_event};
@@ -45,16 +45,16 @@ use events::{FillEvent, is_fill_event};
 #[error("Lambda runtime: {0}")]
 pub struct RuntimeError(String);
 
-/// The function: the router for HTTP events, the registry for fill events.
+/// The function: the router for HTTP events, the cache for fill events.
 #[derive(Clone)]
 pub struct Function {
     router: axum::Router,
-    registry: Arc<Registry>,
+    cache: Arc<Cache>,
 }
 
 impl Function {
-    pub fn new(router: axum::Router, registry: Arc<Registry>) -> Function {
-        Function { router, registry }
+    pub fn new(router: axum::Router, cache: Arc<Cache>) -> Function {
+        Function { router, cache }
     }
 
     /// Handles one event (its raw JSON) and returns the response payload.
@@ -62,7 +62,7 @@ impl Function {
         if is_fill_event(event) {
             let FillEvent { fill } =
                 serde_json::from_str(event).map_err(|e| format!("malformed fill event: {e}"))?;
-            return match self.registry.fill_job(&fill).await {
+            return match self.cache.fill_job(&fill).await {
                 Ok(outcome) => {
                     tracing::info!(digest = %fill.digest, ?outcome, "fill event done");
                     Ok(serde_json::json!({ "fill": outcome }))
