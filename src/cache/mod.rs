@@ -32,6 +32,12 @@ pub use handoff::{FillHandoff, FillJob, FillOutcome, FillPolicy, HandoffError};
 pub use lease::ServerLease;
 pub use manifests::ManifestAnswer;
 pub use relay::RelayAnswer;
+// Part of the cache's answers and errors, so the HTTP edge never reaches past the cache into the
+// store or the upstream client: blob locations and byte ranges, the store-call counter behind
+// `X-Pullthrough-Store-Calls`, and the upstream failures a `CacheError` carries.
+pub use crate::store::counted::counting;
+pub use crate::store::{BlobRead, ByteRange, RangeRequest};
+pub use crate::upstream::UpstreamError;
 
 use crate::config::Config;
 mod error;

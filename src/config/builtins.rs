@@ -2,7 +2,7 @@
 //! so that `docker.io/library/alpine` or `ghcr.io/org/app` work out of the box. An
 //! `[[upstream]]` entry with the same alias replaces one. Nothing here is read from outside.
 
-use reqwest::Url;
+use url::Url;
 
 use super::UpstreamConfig;
 

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::Url;
 use serde::Deserialize;
+use url::Url;
 
 use super::RepoPattern;
 use super::parse::{

@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::Url;
+use url::Url;
 
 use file::FileConfig;
 

@@ -9,8 +9,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{AuthError, SECRET_RETRY_SECS};
+use crate::cache::UpstreamError;
 use crate::cache::{CacheError, Wanted};
-use crate::upstream::UpstreamError;
 
 /// Error codes of the distribution spec, plus `UNAVAILABLE` (as CNCF distribution uses it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

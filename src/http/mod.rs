@@ -20,9 +20,8 @@ use crate::auth::ClientAuth;
 use crate::cache::{BlobAnswer, Cache, RelayAnswer};
 pub mod error;
 
+use crate::cache::{BlobRead, counting};
 use crate::oci::{ClientAccept, Digest, Tag};
-use crate::store::BlobRead;
-use crate::store::counted::counting;
 use error::{Code, Error};
 use path::Endpoint;
 

@@ -1,7 +1,7 @@
 //! The `Range` request header: the single byte range a client asks for, as the store's
 //! [`RangeRequest`]. Checking it against the object's size is the store's (`RangeRequest::resolve`).
 
-use crate::store::RangeRequest;
+use crate::cache::RangeRequest;
 
 /// Parses a single-range `Range` header; anything else (multiple ranges, other units) is
 /// `None`, and the whole object is served, as RFC 9110 allows.
@@ -30,7 +30,7 @@ pub fn parse_range(value: &str) -> Option<RangeRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ByteRange;
+    use crate::cache::ByteRange;
 
     #[test]
     fn range_parsing_and_resolution() {
