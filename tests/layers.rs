@@ -33,7 +33,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// Crates and types that belong to the HTTP edge, by module that must not use them.
 const FORBIDDEN_TEXT: &[(&[&str], &[&str])] = &[
     (
-        &["cache", "store", "upstream", "oci", "config", "secrets", "bounded", "auth"],
+        &[
+            "cache", "store", "upstream", "oci", "config", "secrets", "bounded", "auth",
+        ],
         &["axum::", "lambda_http::", "lambda_runtime::", "hyper::"],
     ),
     (
@@ -130,7 +132,11 @@ fn read_tree(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
         if path.is_dir() {
             read_tree(&path, root, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.push((rel, std::fs::read_to_string(&path).unwrap()));
         }
     }
@@ -143,7 +149,11 @@ fn module_dependencies_point_one_way() {
     read_tree(&root, &root, &mut files);
     assert!(files.len() > 20, "read {} files", files.len());
     let found = breaches(&files);
-    assert!(found.is_empty(), "the module map is broken:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the module map is broken:\n{}",
+        found.join("\n")
+    );
 }
 
 /// The check itself catches what it is there for.
@@ -170,8 +180,14 @@ fn the_map_check_catches_a_wrong_import_and_an_http_type() {
         "cache uses StatusCode",
         "src/newthing: a top-level module missing from the map (add it to ALLOWED)",
     ] {
-        assert!(found.iter().any(|f| f == expected), "{expected} not in {found:?}");
+        assert!(
+            found.iter().any(|f| f == expected),
+            "{expected} not in {found:?}"
+        );
     }
     assert!(!found.iter().any(|f| f.starts_with("oci")), "{found:?}");
-    assert!(!found.iter().any(|f| f == "cache imports crate::http"), "{found:?}");
+    assert!(
+        !found.iter().any(|f| f == "cache imports crate::http"),
+        "{found:?}"
+    );
 }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use common::s3::S3Server;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use pullthrough::config::{MIB, S3Settings};
-use pullthrough::oci::{Digest, FillError, RepoName, Tag, VerifyingStream};
+use pullthrough::oci::{Digest, RepoName, Tag};
 use pullthrough::store::fs::FsStore;
 use pullthrough::store::{BlobRead, ByteStream, Key, Store, StoreError, keys};
+use pullthrough::store::{FillError, VerifyingStream};
 
 /// Part size of the S3 stores under test: S3's minimum, so multipart cases stay small.
 const PART: usize = 5 * MIB as usize;

@@ -26,8 +26,9 @@ use tokio::sync::watch;
 use super::{Cache, Marker, Target};
 use super::{CacheError, Wanted};
 use crate::cache::spill::{Reservation, Spill, SpillError};
-use crate::oci::{Digest, FillError, VerifyingStream};
+use crate::oci::Digest;
 use crate::store::{BlobRead, RangeRequest, keys};
+use crate::store::{FillError, VerifyingStream};
 
 /// How a blob GET is answered.
 pub enum BlobAnswer {
@@ -349,7 +350,10 @@ impl Cache {
             .await
             .map_err(|e| CacheError::upstream(e, Wanted::Blob))?;
         let len = body.len;
-        let verified = VerifyingStream::new(body.stream, digest.clone(), len);
+        // A transfer that fails mid-body is a fill refused for its source.
+        let source =
+            futures_util::TryStreamExt::map_err(body.stream, |e| FillError::Source(e.to_string()));
+        let verified = VerifyingStream::new(source, digest.clone(), len);
         let place = stage
             .as_ref()
             .and_then(|_| self.spill_place(target, digest, len));

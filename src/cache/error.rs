@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::oci::FillError;
-use crate::store::StoreError;
+use crate::store::{FillError, StoreError};
 use crate::upstream::UpstreamError;
 
 /// What was being looked for, so that an upstream's "not found" becomes the right kind of

@@ -414,5 +414,5 @@ fn looks_like_host(component: &str) -> bool {
 }
 
 fn truncate(s: &str) -> String {
-    crate::oci::digest::truncate_for_message(s)
+    crate::oci::truncate_for_message(s)
 }

@@ -207,8 +207,7 @@ impl IntoResponse for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::FillError;
-    use crate::store::StoreError;
+    use crate::store::{FillError, StoreError};
 
     /// What the cache serves stale is exactly what the edge answers with a 5xx or a 429.
     #[test]

@@ -6,6 +6,6 @@ pub mod media;
 pub mod name;
 pub mod schema1;
 
-pub use digest::{Digest, FillError, VerifyingStream};
+pub use digest::{Digest, truncate_for_message};
 pub use media::ClientAccept;
 pub use name::{Reference, RepoName, Tag};

@@ -10,11 +10,13 @@ pub mod fs;
 pub mod keys;
 pub mod s3;
 pub mod verify;
+mod verifying;
+
+pub use verifying::{FillError, VerifyingStream};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-use crate::oci::FillError;
 pub use keys::Key;
 
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
 use crate::config::{Config, UpstreamConfig};
-use crate::oci::{Digest, FillError, RepoName};
+use crate::oci::{Digest, RepoName};
 use auth::{Challenge, DEFAULT_TOKEN_LIFETIME, TokenCache};
 
 /// What went wrong talking to an upstream. Every variant names the upstream, so the message a
@@ -70,7 +70,7 @@ pub type RedirectSink = std::sync::Arc<std::sync::Mutex<Option<Url>>>;
 /// A blob body on its way from the upstream.
 pub struct BlobBody {
     pub len: Option<u64>,
-    pub stream: BoxStream<'static, Result<Bytes, FillError>>,
+    pub stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
 
 /// A response relayed as is (tags list, referrers), with the headers worth keeping.
@@ -227,7 +227,7 @@ impl Upstream {
         let upstream = self.config.alias.clone();
         let stream = resp
             .bytes_stream()
-            .map_err(move |e| FillError::Source(format!("{upstream}: {e}")))
+            .map_err(move |e| std::io::Error::other(format!("{upstream}: {e}")))
             .boxed();
         Ok(BlobBody { len, stream })
     }

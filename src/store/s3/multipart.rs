@@ -299,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn parts_are_cut_exactly_and_never_outgrow_their_buffer() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let chunks: Vec<Result<Bytes, crate::oci::FillError>> = data
+        let chunks: Vec<Result<Bytes, crate::store::FillError>> = data
             .chunks(777)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
