@@ -2,12 +2,10 @@
 //! object and no temporary file, and the proxy keeps serving what fits. Uses a 4 MiB tmpfs, so
 //! it runs as root (as CI does); it fails loudly otherwise.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::support::*;
 
 /// A mounted tmpfs; the temp dir holding the mount point lives as long as it.
 struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);

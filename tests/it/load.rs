@@ -3,11 +3,9 @@
 //! fetch each blob and manifest from the upstream once. Figures are printed (`--nocapture`) and
 //! recorded in bench/RESULTS.md; nothing here is timed.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use futures_util::StreamExt;
 
 fn rss_kib() -> u64 {

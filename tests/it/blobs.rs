@@ -2,13 +2,11 @@
 //! at all, one upstream fetch per digest, scoped per repository. The fan-out tests at the end run
 //! on both stores: every request during a fill streams from its spill file at its own pace.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 
 #[tokio::test]
 async fn blob_get_serves_exact_bytes_and_head_has_length_and_digest() {

@@ -1,9 +1,7 @@
 //! Routing (`?ns=`, path prefixes, the default upstream, Docker Hub's `library/`), hostile paths,
 //! read-only methods, tags lists and referrers.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends a request with the path exactly as given (HTTP clients normalise `..` and `%2e%2e`

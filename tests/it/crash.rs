@@ -2,11 +2,9 @@
 //! object under `blobs/` ever holds bytes whose hash differs from its name — which
 //! `pullthrough verify` checks, and reports when it is not so.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::support::*;
 
 fn verify(store: &std::path::Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))

@@ -1,16 +1,14 @@
 //! Client authentication: htpasswd users (from a file or from an AWS Secrets Manager secret,
-//! read lazily through the fake AWS endpoint of `common::lambda`), the registry token flow
+//! read lazily through the fake AWS endpoint of `crate::support::lambda`), the registry token flow
 //! through our own `/token` endpoint, and nothing reaching the upstream or the store without
 //! valid credentials.
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::lambda::{FakeAws, Source, call, function};
+use crate::support::*;
 use base64::Engine as _;
-use common::lambda::{FakeAws, Source, call, function};
-use common::*;
 use pullthrough::cache::{Clock, Services};
 
 async fn proxy_with_users(up: &FakeRegistry) -> (Proxy, tempfile::TempDir) {

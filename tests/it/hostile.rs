@@ -1,13 +1,11 @@
 //! Hostile input and misbehaving upstreams: oversize requests get 4xx, redirect loops end, and
 //! nothing is stored.
 
-mod common;
-
+use crate::support::*;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use common::*;
 
 #[tokio::test]
 async fn oversize_headers_and_query_strings_get_4xx() {

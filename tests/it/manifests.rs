@@ -1,11 +1,9 @@
 //! Manifests through the proxy: bytes are sacred, tags are pointers with a TTL, errors are OCI JSON.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 
 async fn body_of(resp: reqwest::Response) -> Bytes {
     resp.bytes().await.expect("body")

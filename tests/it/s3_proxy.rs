@@ -2,13 +2,11 @@
 //! SigV4 signatures (headers and presigned URLs) and the fake upstream registry: blobs are
 //! answered with a 307 to a presigned URL that a client without credentials follows.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::s3::S3Call;
+use crate::support::*;
 use bytes::Bytes;
-use common::s3::S3Call;
-use common::*;
 use pullthrough::cache::{ServerLease, Services};
 use s3s::S3ErrorCode;
 
@@ -16,7 +14,7 @@ use s3s::S3ErrorCode;
 const SMALL_PARTS: &str = "part_size = \"8MiB\"\nparts_in_flight = 2";
 /// Most tests here are about copy-then-redirect (`[s3] stream_misses = false`: no blob bytes
 /// through the proxy). The default, cold blobs streamed from a spill file while they upload, is
-/// tested at the end of this file and, on both stores, in tests/blobs.rs.
+/// tested at the end of this file and, on both stores, in blobs.rs.
 const REDIRECT: &str = "stream_misses = false";
 
 /// GETs a blob through the proxy, asserts a 307 to the S3 server, follows the Location with a

@@ -1,17 +1,15 @@
 //! The real binary in Lambda mode (`AWS_LAMBDA_RUNTIME_API` set), against the local runtime API
-//! of `tests/common/runtime_api.rs`: it initialises without network I/O, asks for work, answers
+//! of `tests/it/support/runtime_api.rs`: it initialises without network I/O, asks for work, answers
 //! API Gateway events, hands a slow blob copy to an asynchronous invocation through the fake
 //! `Invoke` endpoint, and finishes that copy when the test delivers the event back to it.
 //! (How long initialisation takes is measured by `bench/lambda_init.sh`, on the release build.)
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::lambda::{FakeAws, Source, decode, http_event};
-use common::runtime_api::{Outcome, RuntimeApi};
-use common::*;
+use crate::support::lambda::{FakeAws, Source, decode, http_event};
+use crate::support::runtime_api::{Outcome, RuntimeApi};
+use crate::support::*;
 
 struct Running(Child);
 
@@ -29,7 +27,10 @@ fn spawn(api: &RuntimeApi, aws: &FakeAws, store: &str, config_toml: &str) -> Run
         Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .env_clear()
             .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", common::lambda::FUNCTION_NAME)
+            .env(
+                "AWS_LAMBDA_FUNCTION_NAME",
+                crate::support::lambda::FUNCTION_NAME,
+            )
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_REGION", s3::REGION)
@@ -57,7 +58,7 @@ async fn http(api: &RuntimeApi, method: &str, path: &str, accept: Option<&str>) 
     }
 }
 
-use common::lambda;
+use crate::support::lambda;
 
 #[tokio::test]
 async fn the_binary_serves_api_gateway_events_and_finishes_slow_copies_asynchronously() {

@@ -1,9 +1,7 @@
 //! The upstream token flow: anonymous Bearer, Bearer with configured credentials, Basic; tokens
 //! cached per repository scope; refused credentials become 403 DENIED naming the upstream.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 fn config_with_credentials(url: &str, user: &str, pass: &str) -> String {
     format!(

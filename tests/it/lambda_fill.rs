@@ -4,13 +4,11 @@
 //! Each "instance" is a separately built function over the same S3 server, as two Lambda
 //! execution environments would be.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::lambda::{Answer, FakeAws, Source, call, function};
-use common::*;
+use crate::support::lambda::{Answer, FakeAws, Source, call, function};
+use crate::support::*;
 use pullthrough::cache::Clock;
 use pullthrough::lambda::Function;
 

@@ -6,16 +6,14 @@
 //! `pullthrough serve` with the variable really set (or not) in its environment, against an
 //! S3-compatible server or a fake Secrets Manager over plain HTTP or over HTTPS with a private CA.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::lambda::FakeAws;
+use crate::support::s3::{ACCESS_KEY, S3Server, SECRET_KEY, TestCa};
+use crate::support::*;
 use bytes::Bytes;
-use common::lambda::FakeAws;
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, TestCa};
-use common::*;
 use pullthrough::config::S3Settings;
 use pullthrough::store::s3::{S3Options, S3Store};
 use pullthrough::store::{BlobRead, Store, StoreError, keys};
@@ -147,7 +145,10 @@ async fn start_binary_with_env(
     cmd.arg("serve")
         .env_clear()
         .env("PULLTHROUGH_CONFIG", &config)
-        .env("PULLTHROUGH_STORE", format!("s3://{}", common::s3::BUCKET))
+        .env(
+            "PULLTHROUGH_STORE",
+            format!("s3://{}", crate::support::s3::BUCKET),
+        )
         .env("PULLTHROUGH_LISTEN", "127.0.0.1:0")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)

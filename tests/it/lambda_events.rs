@@ -3,13 +3,11 @@
 //! `lambda_http` into the router, over the in-process S3 server and the fake upstream; the
 //! answers are decoded as API Gateway would (base64 when `isBase64Encoded`).
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::support::lambda::{Answer, FakeAws, Source, call, function};
+use crate::support::*;
 use bytes::Bytes;
-use common::lambda::{Answer, FakeAws, Source, call, function};
-use common::*;
 use pullthrough::cache::Clock;
 
 struct Setup {
@@ -307,7 +305,7 @@ async fn upstream_credentials_come_from_secrets_manager_once() {
     let img = push_oci_index(&s.up, "team/private", "v1", 53);
     let toml = format!(
         "{}{}",
-        common::local_config_with(&s.up.url(), "").replace(
+        crate::support::local_config_with(&s.up.url(), "").replace(
             "insecure = true",
             &format!("insecure = true\nsecret_arn = \"{arn}\"")
         ),
@@ -366,7 +364,7 @@ async fn an_unreadable_secret_is_a_clear_503_and_is_retried() {
     push_oci_index(&s.up, "team/private", "v1", 54);
     let toml = format!(
         "{}{}",
-        common::local_config_with(&s.up.url(), "").replace(
+        crate::support::local_config_with(&s.up.url(), "").replace(
             "insecure = true",
             &format!("insecure = true\nsecret_arn = \"{arn}\"")
         ),

@@ -473,9 +473,9 @@ pub enum Source {
 impl Source {
     fn fixture(self) -> &'static str {
         match self {
-            Source::HttpApi => include_str!("../fixtures/lambda/apigw-v2-get.json"),
-            Source::FunctionUrl => include_str!("../fixtures/lambda/function-url-get.json"),
-            Source::NamedStage => include_str!("../fixtures/lambda/apigw-v2-named-stage.json"),
+            Source::HttpApi => include_str!("../../fixtures/lambda/apigw-v2-get.json"),
+            Source::FunctionUrl => include_str!("../../fixtures/lambda/function-url-get.json"),
+            Source::NamedStage => include_str!("../../fixtures/lambda/apigw-v2-named-stage.json"),
         }
     }
 }

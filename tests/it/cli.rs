@@ -1,11 +1,9 @@
 //! The real binary: `pullthrough serve` starts, answers, and refuses bad configuration with a
 //! message that says what to fix.
 
-mod common;
-
 use std::process::Command;
 
-use common::ServerProcess;
+use crate::support::ServerProcess;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pullthrough"))
@@ -55,7 +53,7 @@ fn bad_configuration_stops_with_a_message_naming_the_setting() {
 
 /// The config for a server in front of `up` (alias `local`) with a shutdown grace of `grace`,
 /// and upstream timeouts long enough that only the shutdown ends a held-back fill.
-fn shutdown_config(up: &common::FakeRegistry, grace: &str) -> String {
+fn shutdown_config(up: &crate::support::FakeRegistry, grace: &str) -> String {
     format!(
         r#"default_upstream = "local"
 shutdown_grace = "{grace}"
@@ -74,7 +72,7 @@ insecure = true
 
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_exits_0() {
-    use common::*;
+    use crate::support::*;
     use std::time::{Duration, Instant};
 
     let up = FakeRegistry::start(FakeOptions::default()).await;
