@@ -9,30 +9,6 @@ async fn body_of(resp: reqwest::Response) -> Bytes {
     resp.bytes().await.expect("body")
 }
 
-/// Asserts a manifest answer: status 200, exact bytes, media type and digest.
-async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "content-type"),
-        Some(expected.media_type.as_str())
-    );
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(expected.digest.as_str())
-    );
-    assert_eq!(
-        header(&resp, "docker-distribution-api-version"),
-        Some("registry/2.0")
-    );
-    let body = body_of(resp).await;
-    assert_eq!(body, expected.bytes, "bytes differ from the upstream's");
-    assert_eq!(
-        manifest_digest(&expected.media_type, &body),
-        expected.digest,
-        "digest is not that of the body"
-    );
-}
-
 #[tokio::test]
 async fn oci_index_pulls_through_a_hub_like_upstream() {
     // Known failure 1: a proxy whose upstream Accept lacks the OCI index type gets a 404 from
@@ -140,34 +116,6 @@ async fn docker_manifest_list_and_children_keep_their_bytes() {
     }
 }
 
-/// Pulls an image the way a client does: tag, platform manifest, config and layers.
-async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
-    let idx = proxy
-        .get(
-            &format!("/v2/{repo}/manifests/{tag}"),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
-    assert_manifest(idx, &img.index).await;
-    let m = proxy
-        .get(
-            &format!("/v2/{repo}/manifests/{}", img.amd64.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
-    assert_manifest(m, &img.amd64).await;
-    let parsed: serde_json::Value = serde_json::from_slice(&img.amd64.bytes).unwrap();
-    let mut digests = vec![parsed["config"]["digest"].as_str().unwrap().to_owned()];
-    for l in parsed["layers"].as_array().unwrap() {
-        digests.push(l["digest"].as_str().unwrap().to_owned());
-    }
-    for d in digests {
-        let resp = proxy.get(&format!("/v2/{repo}/blobs/{d}"), None).await;
-        assert_eq!(resp.status(), 200, "blob {d}");
-        assert_eq!(sha256(&body_of(resp).await), d);
-    }
-}
-
 #[tokio::test]
 async fn warm_pull_within_the_ttl_makes_zero_upstream_requests() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
@@ -181,10 +129,7 @@ async fn warm_pull_within_the_ttl_makes_zero_upstream_requests() {
         up.requests().len(),
         0,
         "warm pull asked the upstream: {:?}",
-        up.requests()
-            .iter()
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect::<Vec<_>>()
+        up.request_lines()
     );
 }
 
@@ -198,14 +143,7 @@ async fn after_the_ttl_a_warm_pull_makes_exactly_one_upstream_head() {
     proxy.advance(Duration::from_secs(61));
     full_pull(&proxy, "team/app", "v1", &img).await;
     let reqs = up.requests();
-    assert_eq!(
-        reqs.len(),
-        1,
-        "{:?}",
-        reqs.iter()
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(reqs.len(), 1, "{:?}", up.request_lines());
     assert_eq!(reqs[0].method, "HEAD");
     assert_eq!(reqs[0].path, "/v2/team/app/manifests/v1");
     // The HEAD refreshed the pointer: within the new TTL, nothing again.
@@ -695,21 +633,9 @@ async fn a_signed_schema1_manifest_is_known_by_its_payload_digest_though_resigne
 #[tokio::test]
 async fn real_world_manifests_come_back_byte_for_byte() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
-    let dir = std::path::Path::new("tests/fixtures/realworld-manifests");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let docs = index["docs"].as_array().unwrap();
-    assert!(docs.len() >= 20);
     let mut expected = Vec::new();
-    for d in docs {
-        let bytes = Bytes::from(std::fs::read(dir.join(d["file"].as_str().unwrap())).unwrap());
-        let media_type = d["mediaType"].as_str().unwrap().to_owned();
+    for (tag, media_type, bytes) in realworld_manifests() {
         let digest = up.put_manifest("fixtures/real", &media_type, bytes.clone());
-        assert_eq!(
-            sha256(&bytes),
-            format!("sha256:{}", d["sha256"].as_str().unwrap())
-        );
-        let tag = d["tag"].as_str().unwrap().to_owned();
         up.tag("fixtures/real", &tag, &digest);
         expected.push((
             tag,
@@ -743,13 +669,6 @@ async fn real_world_manifests_come_back_byte_for_byte() {
         );
     }
     proxy.assert_store_consistent();
-}
-
-fn store_calls(resp: &reqwest::Response) -> u32 {
-    header(resp, "x-pullthrough-store-calls")
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -890,11 +809,10 @@ async fn a_layer_digest_on_the_manifests_endpoint_is_manifest_unknown_without_re
         }
         // Over S3 the marker follows the upload, after the client has its bytes: wait for it
         // (a blob HEAD answered from the remembered marker costs no store call).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after(Duration::from_secs(30));
         for d in [&digest, &small] {
             while store_calls(&proxy.head(&format!("/v2/team/app/blobs/{d}"), None).await) != 0 {
-                assert!(std::time::Instant::now() < deadline, "never marked");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                deadline.pause("never marked").await;
             }
         }
         let path = format!("/v2/team/app/manifests/{digest}");

@@ -1,287 +1,54 @@
-//! Test harness: the real proxy on 127.0.0.1:0 over a temporary filesystem store or an
-//! in-process S3-compatible server ([`s3`]), pointed at in-process fake upstream registries.
-#![allow(dead_code)]
+//! The test harness. A test starts what it needs, each on 127.0.0.1:0 and in its own temporary
+//! directories, and everything stops when the test drops it:
+//!
+//! - [`proxy`]: [`Proxy`], the real proxy in this process, over a temporary filesystem store or
+//!   the in-process S3 server, and the configuration text tests give it;
+//! - [`pull`]: what a client does and checks (a manifest answer, a blob through an S3 redirect,
+//!   a whole image);
+//! - [`fake_registry`]: the fake upstream registry (token auth, request log, fault injection)
+//!   and the deterministic images pushed into it;
+//! - [`s3`]: an S3-compatible server (`s3s-fs`) that checks SigV4 signatures, plain or HTTPS;
+//! - [`lambda`]: Lambda mode in this process, a fake AWS endpoint (Lambda `Invoke`, Secrets
+//!   Manager) with its own SigV4 check, and API Gateway / function URL events;
+//! - [`runtime_api`]: a local Lambda runtime API, for the real binary in Lambda mode;
+//! - [`process`]: the real binary as a child process ([`ServerProcess`], [`run`]);
+//! - [`wait`]: bounded waits on a condition ([`Deadline`], [`eventually`]).
 
 pub mod fake_registry;
 pub mod lambda;
+pub mod process;
+pub mod proxy;
+pub mod pull;
 pub mod runtime_api;
 pub mod s3;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
-
-use pullthrough::cache::{Clock, Services};
-use pullthrough::config::{Config, Settings};
-use pullthrough::store::Store;
-use pullthrough::store::s3::{S3Options, S3Store};
-use sha2::{Digest as _, Sha256};
 
 pub use fake_registry::*;
+pub use process::{ServerProcess, config_file, run};
+pub use proxy::{Proxy, local_config, local_config_with, local_s3_config, spill_table};
+pub use pull::{
+    assert_manifest, blob_via_redirect, follow_redirect, full_pull, realworld_manifests,
+    store_calls,
+};
 pub use s3::S3Server;
+pub use wait::{Deadline, eventually};
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// What docker 20+ sends when pulling.
 pub const DOCKER_CLIENT_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws";
 
+/// `"sha256:<hex>"` of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    sha256_digest(bytes)
 }
 
-/// A running proxy. Dropping it stops the server.
-pub struct Proxy {
-    pub url: String,
-    pub store_dir: Arc<tempfile::TempDir>,
-    pub clock: Arc<Clock>,
-    pub http: reqwest::Client,
-    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`] (shared with
-    /// its siblings).
-    pub s3: Option<Arc<S3Server>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// The config file text for a proxy whose default upstream is `upstream` under alias `local`,
-/// with short timeouts so fault tests finish quickly.
-pub fn local_config(upstream_url: &str) -> String {
-    local_config_with(upstream_url, "")
-}
-
-/// [`local_config`] with extra top-level settings (lines before the `[[upstream]]` tables).
-pub fn local_config_with(upstream_url: &str, extra: &str) -> String {
-    format!(
-        r#"{extra}
-default_upstream = "local"
-tag_ttl = "60s"
-connect_timeout = "2s"
-request_timeout = "2s"
-read_timeout = "2s"
-
-[[upstream]]
-alias = "local"
-url = "{upstream_url}"
-insecure = true
-"#
-    )
-}
-
-impl Proxy {
-    /// A proxy in front of one fake upstream (alias `local`, also the default upstream).
-    pub async fn start(upstream: &FakeRegistry) -> Proxy {
-        Proxy::with_config(&local_config(&upstream.url())).await
-    }
-
-    pub async fn with_config(toml: &str) -> Proxy {
-        Proxy::with_services(toml, Services::default()).await
-    }
-
-    /// A proxy configured by `toml` with `services` (e.g. a Secrets Manager client for the fake
-    /// AWS endpoint of [`lambda::FakeAws`]).
-    pub async fn with_services(toml: &str, services: Services) -> Proxy {
-        let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Proxy::on_store(toml, store_dir, services).await
-    }
-
-    /// A second proxy process over the same store: what a restart, or another instance, sees.
-    pub async fn sibling(&self, toml: &str) -> Proxy {
-        Proxy::on_store(toml, Arc::clone(&self.store_dir), Services::default()).await
-    }
-
-    /// A second proxy over the same bucket (fresh memory, same S3 server): what another
-    /// instance or a restarted one sees. `toml` should hold the server's `[s3]` table.
-    pub async fn sibling_s3(&self, toml: &str) -> Proxy {
-        Proxy::over_s3(
-            toml,
-            Arc::clone(self.s3.as_ref().expect("a proxy over S3")),
-            Services::default(),
-        )
-        .await
-    }
-
-    /// [`Proxy::sibling`] with `services`.
-    pub async fn sibling_with_services(&self, toml: &str, services: Services) -> Proxy {
-        Proxy::on_store(toml, Arc::clone(&self.store_dir), services).await
-    }
-
-    async fn on_store(toml: &str, store_dir: Arc<tempfile::TempDir>, services: Services) -> Proxy {
-        let settings = Settings {
-            store: Some(store_dir.path().to_string_lossy().into_owned()),
-            ..Settings::default()
-        };
-        let config = Config::from_toml(&settings, toml).expect("test config is valid");
-        let store = pullthrough::open_store(&config).await.expect("store opens");
-        Proxy::serve(config, store, store_dir, None, services).await
-    }
-
-    /// A proxy in front of one fake upstream (alias `local`) over a fresh S3-compatible server.
-    pub async fn start_s3(upstream: &FakeRegistry) -> Proxy {
-        Proxy::start_s3_with(upstream, "").await
-    }
-
-    /// [`Proxy::start_s3`] with extra lines in the `[s3]` table (e.g. `part_size = "8MiB"`).
-    pub async fn start_s3_with(upstream: &FakeRegistry, s3_extra: &str) -> Proxy {
-        let server = S3Server::start().await;
-        let toml = format!(
-            "{}{}",
-            local_config(&upstream.url()),
-            server.config_table(s3_extra)
-        );
-        Proxy::with_s3_config(&toml, server).await
-    }
-
-    /// A proxy over `server` (bucket [`s3::BUCKET`], no prefix) configured by `toml`, which
-    /// should hold `server.config_table(..)`. Options come from the config as in production
-    /// (`AWS_CA_BUNDLE` included), credentials are the test server's.
-    pub async fn with_s3_config(toml: &str, server: S3Server) -> Proxy {
-        Proxy::over_s3(toml, Arc::new(server), Services::default()).await
-    }
-
-    /// [`Proxy::with_s3_config`] with `services` (e.g. a shorter fill lease).
-    pub async fn with_s3_services(toml: &str, server: S3Server, services: Services) -> Proxy {
-        Proxy::over_s3(toml, Arc::new(server), services).await
-    }
-
-    async fn over_s3(toml: &str, server: Arc<S3Server>, services: Services) -> Proxy {
-        let settings = Settings {
-            store: Some(format!("s3://{}", server.bucket)),
-            ..Settings::default()
-        };
-        let config = Config::from_toml(&settings, toml).expect("test config is valid");
-        let options = S3Options {
-            credentials: Some(s3::test_credentials()),
-            ..S3Options::from_config(&config).expect("an s3 store")
-        };
-        let store = S3Store::open(options).await.expect("S3 store opens");
-        let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        Proxy::serve(config, Arc::new(store), store_dir, Some(server), services).await
-    }
-
-    async fn serve(
-        config: Config,
-        store: Arc<dyn Store>,
-        store_dir: Arc<tempfile::TempDir>,
-        s3: Option<Arc<S3Server>>,
-        services: Services,
-    ) -> Proxy {
-        let clock = Arc::new(Clock::default());
-        let limits = config.connections.clone();
-        let (router, _) =
-            pullthrough::build(config, store, Arc::clone(&clock), services).expect("app builds");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(pullthrough::serve_with(listener, router, limits, async {
-            let _ = rx.await;
-        }));
-        Proxy {
-            url,
-            store_dir,
-            clock,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
-            s3,
-            shutdown: Some(tx),
-        }
-    }
-
-    /// The S3 server of a proxy started with [`Proxy::start_s3`].
-    pub fn s3(&self) -> &S3Server {
-        self.s3.as_ref().expect("a proxy over S3")
-    }
-
-    pub fn root(&self) -> &Path {
-        self.store_dir.path()
-    }
-
-    pub async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path, accept).await
-    }
-
-    pub async fn head(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
-        self.request(reqwest::Method::HEAD, path, accept).await
-    }
-
-    pub async fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        accept: Option<&str>,
-    ) -> reqwest::Response {
-        let mut req = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(a) = accept {
-            req = req.header("accept", a);
-        }
-        req.send().await.expect("proxy answers")
-    }
-
-    /// Every file under `blobs/`, as (digest from its name, sha256 of its bytes).
-    pub fn stored_blobs(&self) -> Vec<(String, String)> {
-        files_under(&self.root().join("blobs"))
-            .into_iter()
-            .map(|p| {
-                let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                let alg = p
-                    .parent()
-                    .unwrap()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                (format!("{alg}:{name}"), sha256(&std::fs::read(&p).unwrap()))
-            })
-            .collect()
-    }
-
-    pub fn has_blob(&self, digest: &str) -> bool {
-        let (alg, hex) = digest.split_once(':').unwrap();
-        self.root().join("blobs").join(alg).join(hex).exists()
-    }
-
-    /// Files in the store other than the temporary area.
-    pub fn all_files(&self) -> Vec<PathBuf> {
-        files_under(self.root())
-            .into_iter()
-            .filter(|p| !p.starts_with(self.root().join(".tmp")))
-            .collect()
-    }
-
-    pub fn tmp_files(&self) -> Vec<PathBuf> {
-        files_under(&self.root().join(".tmp"))
-    }
-
-    /// Asserts every stored blob holds exactly the bytes its name says (for a signed schema1
-    /// manifest: its JWS payload).
-    pub fn assert_store_consistent(&self) {
-        for (name, actual) in self.stored_blobs() {
-            if name.starts_with("sha256:") && name != actual {
-                let (_, hex) = name.split_once(':').unwrap();
-                let bytes = std::fs::read(self.root().join("blobs/sha256").join(hex)).unwrap();
-                assert_eq!(
-                    manifest_digest(DOCKER_SCHEMA1_SIGNED, &bytes),
-                    name,
-                    "a stored blob's bytes do not match its name"
-                );
-            }
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.clock.advance(by);
-    }
+/// A client that follows no redirect (the answer a registry client sees first).
+pub fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -316,89 +83,4 @@ pub async fn expect_oci_error(resp: reqwest::Response, status: u16, code: &str) 
     let first = &body["errors"][0];
     assert_eq!(first["code"], code, "body: {body}");
     first["message"].as_str().unwrap_or_default().to_owned()
-}
-
-/// The real `pullthrough` binary running `serve`, killed when dropped.
-pub struct ServerProcess {
-    pub child: std::process::Child,
-    pub url: String,
-}
-
-impl ServerProcess {
-    /// Starts `pullthrough serve --listen 127.0.0.1:0 <args>` and waits for it to say where it
-    /// listens.
-    pub fn start(args: &[&str]) -> ServerProcess {
-        ServerProcess::start_with_env(args, &[])
-    }
-
-    /// [`ServerProcess::start`] with extra environment variables (log level `warn` unless they
-    /// set `RUST_LOG`).
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut all = vec![("RUST_LOG", "warn")];
-        all.extend_from_slice(env);
-        ServerProcess::start_logged(args, &all).0
-    }
-
-    /// [`ServerProcess::start`] with extra environment variables; the second value collects
-    /// everything the server writes to stderr and stdout (where its log goes) until it exits
-    /// (join it after [`Self::kill`]).
-    pub fn start_logged(
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> (ServerProcess, std::thread::JoinHandle<String>) {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().copied())
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn pullthrough");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut log = String::new();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("pullthrough exited before serving")
-                .expect("read stderr");
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
-                break u.to_owned();
-            }
-        };
-        // Keep draining both pipes so the server never blocks on a full one.
-        let drain = std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            log.push_str(&stdout.join().unwrap_or_default());
-            log
-        });
-        (ServerProcess { child, url }, drain)
-    }
-
-    /// SIGKILL: no chance to clean up, as in a crash.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
