@@ -217,20 +217,13 @@ async fn manifest_bytes_survive_the_lambda_response_encoding() {
         OCI_MANIFEST.into(),
         odd(b"", b"\\u0000\\u001f \xe2\x80\xa8 \xf0\x9f\x90\xb3"),
     ));
-    let mut expected = Vec::new();
-    for (tag, media_type, bytes) in docs {
-        let digest =
-            s.up.put_manifest("fixtures/real", &media_type, bytes.clone());
-        s.up.tag("fixtures/real", &tag, &digest);
-        expected.push((
-            tag,
-            Pushed {
-                digest,
-                media_type,
-                bytes,
-            },
-        ));
-    }
+    let expected: Vec<_> = docs
+        .into_iter()
+        .map(|(tag, media_type, bytes)| {
+            let p = push_tagged(&s.up, "fixtures/real", &tag, &media_type, bytes);
+            (tag, p)
+        })
+        .collect();
     let f = s.function("").await;
     let mut encodings = std::collections::BTreeSet::new();
     for source in [Source::HttpApi, Source::FunctionUrl] {

@@ -24,12 +24,7 @@ async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
     full_pull(&proxy, "team/app", "v1", &img).await;
 
     // The arm64 manifest by digest, and a blob HEAD: length and digest without a body.
-    let resp = proxy
-        .get(
-            &format!("/v2/team/app/manifests/{}", img.arm64.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let resp = proxy.manifest("team/app", &img.arm64.digest).await;
     assert_eq!(resp.bytes().await.unwrap(), img.arm64.bytes);
     let layer = &img.amd64.blob_digests()[1];
     let head = proxy
@@ -314,9 +309,7 @@ async fn another_instance_serves_the_bucket_without_token_endpoint_or_upstream()
 
     up.shutdown();
     other.advance(Duration::from_secs(120));
-    let resp = other
-        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    let resp = other.manifest("team/app", "v1").await;
     assert_eq!(resp.status(), 200);
     let warning = header(&resp, "warning").expect("a stale answer carries a Warning");
     assert!(

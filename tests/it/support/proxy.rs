@@ -11,7 +11,7 @@ use pullthrough::store::Store;
 
 use super::fake_registry::{DOCKER_SCHEMA1_SIGNED, FakeRegistry, manifest_digest};
 use super::s3::S3Server;
-use super::{files_under, no_redirects, sha256};
+use super::{DOCKER_CLIENT_ACCEPT, files_under, no_redirects, sha256};
 
 /// The config file text for a proxy whose default upstream is `upstream` under alias `local`,
 /// with short timeouts so fault tests finish quickly.
@@ -196,6 +196,15 @@ impl Proxy {
 
     pub fn root(&self) -> &Path {
         self.store_dir.path()
+    }
+
+    /// GET `/v2/<repo>/manifests/<reference>` as docker 20+ asks ([`DOCKER_CLIENT_ACCEPT`]).
+    pub async fn manifest(&self, repo: &str, reference: &str) -> reqwest::Response {
+        self.get(
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {

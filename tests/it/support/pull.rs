@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::fake_registry::{MultiArch, Pushed, manifest_digest};
-use super::{DOCKER_CLIENT_ACCEPT, Proxy, header, sha256};
+use super::{Proxy, header, sha256};
 
 /// Asserts a manifest answer: status 200, exact bytes, media type and digest.
 pub async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
@@ -35,13 +35,7 @@ pub async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
 /// 307 to a presigned URL that serves them ([`follow_redirect`]).
 pub async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
     for (reference, expected) in [(tag, &img.index), (img.amd64.digest.as_str(), &img.amd64)] {
-        let resp = proxy
-            .get(
-                &format!("/v2/{repo}/manifests/{reference}"),
-                Some(DOCKER_CLIENT_ACCEPT),
-            )
-            .await;
-        assert_manifest(resp, expected).await;
+        assert_manifest(proxy.manifest(repo, reference).await, expected).await;
     }
     for d in img.amd64.blob_digests() {
         let resp = proxy.get(&format!("/v2/{repo}/blobs/{d}"), None).await;

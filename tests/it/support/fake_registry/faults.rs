@@ -82,7 +82,8 @@ impl FaultRule {
     }
 }
 
-/// `normal`, consume one use of it, and apply it.
+/// Finds the first rule matching this request whose fault applies to `normal`, consumes one use
+/// of it, and applies it.
 pub(super) async fn apply_faults(
     shared: &Shared,
     req: &ReqInfo,

@@ -207,6 +207,23 @@ fn push_json(reg: &FakeRegistry, repo: &str, media_type: &str, value: &impl Seri
     }
 }
 
+/// Stores `bytes` as a manifest of `media_type` in `repo`, tagged `tag`.
+pub fn push_tagged(
+    reg: &FakeRegistry,
+    repo: &str,
+    tag: &str,
+    media_type: &str,
+    bytes: Bytes,
+) -> Pushed {
+    let digest = reg.put_manifest(repo, media_type, bytes.clone());
+    reg.tag(repo, tag, &digest);
+    Pushed {
+        digest,
+        media_type: media_type.to_string(),
+        bytes,
+    }
+}
+
 fn push_image(
     reg: &FakeRegistry,
     repo: &str,

@@ -502,8 +502,6 @@ async fn respond(ctx: &Ctx, req: &ReqInfo) -> Reply {
     Reply::error(404, "NOT_FOUND", "not found")
 }
 
-/// Find the first rule matching this request whose fault applies to
-
 // ---------------------------------------------------------------------------
 // The registry API, dispatched to the endpoints' modules
 // ---------------------------------------------------------------------------
