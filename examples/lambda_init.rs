@@ -4,7 +4,7 @@
 //!
 //! Usage: `lambda_init <binary> [runs]`. Prints one line per run and a summary.
 
-#[path = "../tests/common/runtime_api.rs"]
+#[path = "../tests/it/support/runtime_api.rs"]
 mod runtime_api;
 
 use std::process::{Command, Stdio};

@@ -1,9 +1,7 @@
 //! The upstream token flow: anonymous Bearer, Bearer with configured credentials, Basic; tokens
 //! cached per repository scope; refused credentials become 403 DENIED naming the upstream.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 
 fn config_with_credentials(url: &str, user: &str, pass: &str) -> String {
     format!(
@@ -18,6 +16,12 @@ username = "{user}"
 password = "{pass}"
 "#
     )
+}
+
+/// Asserts that a proxy without upstream credentials gets 403 DENIED for `repo:v1`.
+async fn assert_anonymous_pull_denied(up: &FakeRegistry, repo: &str) {
+    let anonymous = Proxy::start(up).await;
+    expect_oci_error(anonymous.manifest(repo, "v1").await, 403, "DENIED").await;
 }
 
 #[tokio::test]
@@ -72,9 +76,7 @@ async fn configured_credentials_are_used_for_the_token() {
     .await;
     let img = push_oci_index(&up, "private/app", "v1", 62);
     let good = Proxy::with_config(&config_with_credentials(&up.url(), "robot", "s3cret")).await;
-    let resp = good
-        .get("/v2/private/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    let resp = good.manifest("private/app", "v1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(&resp, "docker-content-digest"),
@@ -82,25 +84,11 @@ async fn configured_credentials_are_used_for_the_token() {
     );
 
     let bad = Proxy::with_config(&config_with_credentials(&up.url(), "robot", "wrong")).await;
-    let msg = expect_oci_error(
-        bad.get("/v2/private/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        403,
-        "DENIED",
-    )
-    .await;
+    let msg = expect_oci_error(bad.manifest("private/app", "v1").await, 403, "DENIED").await;
     assert!(msg.contains("local"), "{msg}");
     assert!(bad.all_files().is_empty());
 
-    let anonymous = Proxy::start(&up).await;
-    expect_oci_error(
-        anonymous
-            .get("/v2/private/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        403,
-        "DENIED",
-    )
-    .await;
+    assert_anonymous_pull_denied(&up, "private/app").await;
 }
 
 #[tokio::test]
@@ -116,12 +104,7 @@ async fn basic_auth_upstreams_work_with_credentials() {
     let img = push_oci_index(&up, "team/app", "v1", 63);
     let proxy = Proxy::with_config(&config_with_credentials(&up.url(), "u", "p")).await;
     for _ in 0..3 {
-        let resp = proxy
-            .get(
-                &format!("/v2/team/app/manifests/{}", img.amd64.digest),
-                Some(DOCKER_CLIENT_ACCEPT),
-            )
-            .await;
+        let resp = proxy.manifest("team/app", &img.amd64.digest).await;
         assert_eq!(resp.status(), 200);
     }
     let blob = &img.amd64.blob_digests()[0];
@@ -135,15 +118,7 @@ async fn basic_auth_upstreams_work_with_credentials() {
     // The first request learned that Basic is wanted; later ones send it straight away.
     assert_eq!(up.requests().iter().filter(|r| r.status == 401).count(), 1);
 
-    let anonymous = Proxy::start(&up).await;
-    expect_oci_error(
-        anonymous
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        403,
-        "DENIED",
-    )
-    .await;
+    assert_anonymous_pull_denied(&up, "team/app").await;
 }
 
 #[tokio::test]

@@ -3,13 +3,11 @@
 //! `lambda_http` into the router, over the in-process S3 server and the fake upstream; the
 //! answers are decoded as API Gateway would (base64 when `isBase64Encoded`).
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::support::lambda::{Answer, FakeAws, Source, call, function};
+use crate::support::*;
 use bytes::Bytes;
-use common::lambda::{Answer, FakeAws, Source, call, function};
-use common::*;
 use pullthrough::cache::Clock;
 
 struct Setup {
@@ -35,6 +33,15 @@ impl Setup {
         )
     }
 
+    /// A function whose upstream's credentials are in the secret `arn`.
+    async fn function_with_upstream_secret(&self, arn: &str) -> pullthrough::lambda::Function {
+        let toml = self.toml("").replace(
+            "insecure = true",
+            &format!("insecure = true\nsecret_arn = \"{arn}\""),
+        );
+        function(&toml, &self.s3, &self.aws, Arc::new(Clock::default())).await
+    }
+
     async fn function(&self, extra: &str) -> pullthrough::lambda::Function {
         function(
             &self.toml(extra),
@@ -43,6 +50,17 @@ impl Setup {
             Arc::new(Clock::default()),
         )
         .await
+    }
+}
+
+/// Options of an upstream that wants the credentials robot / s3cr3t for its tokens.
+fn robot_upstream() -> FakeOptions {
+    FakeOptions {
+        auth: FakeAuth::BearerWithCredentials {
+            username: "robot".into(),
+            password: "s3cr3t".into(),
+        },
+        ..FakeOptions::default()
     }
 }
 
@@ -73,12 +91,6 @@ fn assert_manifest_answer(a: &Answer, expected: &Pushed, head: bool) {
         );
         assert_eq!(a.body, expected.bytes);
     }
-}
-
-async fn follow(s3: &S3Server, location: &str, digest: &str) {
-    let resp = s3.plain_client().get(location).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{location}");
-    assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
 }
 
 #[tokio::test]
@@ -117,7 +129,7 @@ async fn http_api_function_url_and_named_stage_events_serve_the_registry_api() {
             assert!(a.body.is_empty());
             let location = a.header("location").unwrap();
             assert!(location.starts_with(&s.s3.endpoint), "{location}");
-            follow(&s.s3, location, &d).await;
+            s.s3.assert_serves(location, &d).await;
             let head = call(&f, source, "HEAD", &format!("/v2/team/app/blobs/{d}"), &[]).await;
             assert_eq!(head.status, 200);
             assert_eq!(head.header("docker-content-digest"), Some(d.as_str()));
@@ -175,21 +187,7 @@ async fn query_strings_reach_the_router() {
 #[tokio::test]
 async fn manifest_bytes_survive_the_lambda_response_encoding() {
     let s = Setup::new(FakeOptions::default()).await;
-    let dir = std::path::Path::new("tests/fixtures/realworld-manifests");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let mut docs: Vec<(String, String, Bytes)> = index["docs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["tag"].as_str().unwrap().to_owned(),
-                d["mediaType"].as_str().unwrap().to_owned(),
-                Bytes::from(std::fs::read(dir.join(d["file"].as_str().unwrap())).unwrap()),
-            )
-        })
-        .collect();
+    let mut docs = realworld_manifests();
     let config = sha256(b"{}");
     let odd = |prefix: &[u8], middle: &[u8]| {
         let mut v = prefix.to_vec();
@@ -219,20 +217,13 @@ async fn manifest_bytes_survive_the_lambda_response_encoding() {
         OCI_MANIFEST.into(),
         odd(b"", b"\\u0000\\u001f \xe2\x80\xa8 \xf0\x9f\x90\xb3"),
     ));
-    let mut expected = Vec::new();
-    for (tag, media_type, bytes) in docs {
-        let digest =
-            s.up.put_manifest("fixtures/real", &media_type, bytes.clone());
-        s.up.tag("fixtures/real", &tag, &digest);
-        expected.push((
-            tag,
-            Pushed {
-                digest,
-                media_type,
-                bytes,
-            },
-        ));
-    }
+    let expected: Vec<_> = docs
+        .into_iter()
+        .map(|(tag, media_type, bytes)| {
+            let p = push_tagged(&s.up, "fixtures/real", &tag, &media_type, bytes);
+            (tag, p)
+        })
+        .collect();
     let f = s.function("").await;
     let mut encodings = std::collections::BTreeSet::new();
     for source in [Source::HttpApi, Source::FunctionUrl] {
@@ -293,27 +284,12 @@ async fn lambda_http_own_encoder_would_alter_such_manifests() {
 
 #[tokio::test]
 async fn upstream_credentials_come_from_secrets_manager_once() {
-    let s = Setup::new(FakeOptions {
-        auth: FakeAuth::BearerWithCredentials {
-            username: "robot".into(),
-            password: "s3cr3t".into(),
-        },
-        ..FakeOptions::default()
-    })
-    .await;
+    let s = Setup::new(robot_upstream()).await;
     let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:pullthrough/local-AbCdEf";
     s.aws
         .put_secret(arn, r#"{"username":"robot","password":"s3cr3t"}"#);
     let img = push_oci_index(&s.up, "team/private", "v1", 53);
-    let toml = format!(
-        "{}{}",
-        common::local_config_with(&s.up.url(), "").replace(
-            "insecure = true",
-            &format!("insecure = true\nsecret_arn = \"{arn}\"")
-        ),
-        s.s3.config_table("")
-    );
-    let f = function(&toml, &s.s3, &s.aws, Arc::new(Clock::default())).await;
+    let f = s.function_with_upstream_secret(arn).await;
     // Building the function asked nothing.
     assert_eq!(s.aws.calls().len(), 0);
     let accept = [("accept", DOCKER_CLIENT_ACCEPT)];
@@ -354,25 +330,10 @@ async fn upstream_credentials_come_from_secrets_manager_once() {
 
 #[tokio::test]
 async fn an_unreadable_secret_is_a_clear_503_and_is_retried() {
-    let s = Setup::new(FakeOptions {
-        auth: FakeAuth::BearerWithCredentials {
-            username: "robot".into(),
-            password: "s3cr3t".into(),
-        },
-        ..FakeOptions::default()
-    })
-    .await;
+    let s = Setup::new(robot_upstream()).await;
     let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:missing-AbCdEf";
     push_oci_index(&s.up, "team/private", "v1", 54);
-    let toml = format!(
-        "{}{}",
-        common::local_config_with(&s.up.url(), "").replace(
-            "insecure = true",
-            &format!("insecure = true\nsecret_arn = \"{arn}\"")
-        ),
-        s.s3.config_table("")
-    );
-    let f = function(&toml, &s.s3, &s.aws, Arc::new(Clock::default())).await;
+    let f = s.function_with_upstream_secret(arn).await;
     let accept = [("accept", DOCKER_CLIENT_ACCEPT)];
     let a = call(
         &f,

@@ -1,28 +1,19 @@
 //! Client authentication: htpasswd users (from a file or from an AWS Secrets Manager secret,
-//! read lazily through the fake AWS endpoint of `common::lambda`), the registry token flow
+//! read lazily through the fake AWS endpoint of `crate::support::lambda`), the registry token flow
 //! through our own `/token` endpoint, and nothing reaching the upstream or the store without
 //! valid credentials.
-
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::lambda::{FakeAws, Source, call, function};
+use crate::support::*;
 use base64::Engine as _;
-use common::lambda::{FakeAws, Source, call, function};
-use common::*;
 use pullthrough::cache::{Clock, Services};
 
+/// A proxy whose one htpasswd user is alice (password `s3cret`).
 async fn proxy_with_users(up: &FakeRegistry) -> (Proxy, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("htpasswd");
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(&path, format!("alice:{hash}\n")).unwrap();
-    let extra = format!("auth = \"{}\"", path.display());
-    (
-        Proxy::with_config(&local_config_with(&up.url(), &extra)).await,
-        dir,
-    )
+    proxy_with_limits(up, &[("alice", "s3cret")], 4, "").await
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -224,9 +215,14 @@ const USERS_ARN: &str =
 
 /// htpasswd text with bcrypt entries (cost 4, the minimum, to keep the tests fast).
 fn htpasswd(users: &[(&str, &str)]) -> String {
+    htpasswd_with_cost(users, 4)
+}
+
+/// htpasswd text with bcrypt entries of `cost`.
+fn htpasswd_with_cost(users: &[(&str, &str)], cost: u32) -> String {
     users
         .iter()
-        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap()))
         .collect()
 }
 
@@ -260,6 +256,17 @@ async fn token_for(proxy: &Proxy, user: &str, password: &str) -> String {
 
 async fn status_with(proxy: &Proxy, path: &str, authorization: &str) -> u16 {
     get_with(proxy, path, authorization).await.status().as_u16()
+}
+
+/// Asserts the status each `Authorization` value gets on `path`, one request after the other.
+async fn expect_statuses(proxy: &Proxy, path: &str, cases: &[(String, u16)]) {
+    for (authorization, status) in cases {
+        assert_eq!(
+            status_with(proxy, path, authorization).await,
+            *status,
+            "{authorization}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -447,36 +454,32 @@ async fn a_rotated_secret_takes_effect_after_the_refresh_interval() {
     aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "new-pass")]));
     // Within the interval the users read last are used, without asking again.
     proxy.advance(Duration::from_secs(59));
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "old-pass")).await,
-        200
-    );
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "new-pass")).await,
-        401
-    );
-    assert_eq!(
-        status_with(&proxy, path, &format!("Bearer {old_token}")).await,
-        200
-    );
+    expect_statuses(
+        &proxy,
+        path,
+        &[
+            (basic("alice", "old-pass"), 200),
+            (basic("alice", "new-pass"), 401),
+            (format!("Bearer {old_token}"), 200),
+        ],
+    )
+    .await;
     assert_eq!(aws.count("GetSecretValue"), 1);
 
     // After it, the rotated secret is read: the new password works, the old one does not,
     // remembered or not, and tokens signed before the rotation stop working though unexpired
     // (the token key is derived from the secret's content).
     proxy.advance(Duration::from_secs(2));
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "new-pass")).await,
-        200
-    );
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "old-pass")).await,
-        401
-    );
-    assert_eq!(
-        status_with(&proxy, path, &format!("Bearer {old_token}")).await,
-        401
-    );
+    expect_statuses(
+        &proxy,
+        path,
+        &[
+            (basic("alice", "new-pass"), 200),
+            (basic("alice", "old-pass"), 401),
+            (format!("Bearer {old_token}"), 401),
+        ],
+    )
+    .await;
     let resp = get_with(&proxy, "/token", &basic("alice", "old-pass")).await;
     expect_oci_error(resp, 401, "UNAUTHORIZED").await;
     let new_token = token_for(&proxy, "alice", "new-pass").await;
@@ -532,14 +535,15 @@ async fn a_failed_refresh_keeps_the_last_good_users() {
     );
     assert_eq!(aws.count("GetSecretValue"), 2, "the refresh was tried");
     let fresh_token = token_for(&proxy, "alice", "s3cret").await;
-    assert_eq!(
-        status_with(&proxy, path, &format!("Bearer {fresh_token}")).await,
-        200
-    );
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "wrong")).await,
-        401
-    );
+    expect_statuses(
+        &proxy,
+        path,
+        &[
+            (format!("Bearer {fresh_token}"), 200),
+            (basic("alice", "wrong"), 401),
+        ],
+    )
+    .await;
     assert_eq!(
         aws.count("GetSecretValue"),
         2,
@@ -570,14 +574,15 @@ async fn a_failed_refresh_keeps_the_last_good_users() {
     // Repaired and rotated: the next read replaces the users.
     aws.put_secret(USERS_ARN, &htpasswd(&[("alice", "rotated")]));
     proxy.advance(Duration::from_secs(10));
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "rotated")).await,
-        200
-    );
-    assert_eq!(
-        status_with(&proxy, path, &basic("alice", "s3cret")).await,
-        401
-    );
+    expect_statuses(
+        &proxy,
+        path,
+        &[
+            (basic("alice", "rotated"), 200),
+            (basic("alice", "s3cret"), 401),
+        ],
+    )
+    .await;
     assert_eq!(aws.count("GetSecretValue"), 5);
 }
 
@@ -607,8 +612,15 @@ async fn instances_reading_the_same_secret_accept_each_others_tokens() {
     let other_arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:other-users-AbCdEf";
     aws.put_secret(other_arn, &htpasswd(&[("alice", "s3cret")]));
     let c = Proxy::with_services(&secret_config(&up, other_arn, ""), with_secrets(&aws)).await;
-    assert_eq!(status_with(&c, path, &basic("alice", "s3cret")).await, 200);
-    assert_eq!(status_with(&c, path, &format!("Bearer {token}")).await, 401);
+    expect_statuses(
+        &c,
+        path,
+        &[
+            (basic("alice", "s3cret"), 200),
+            (format!("Bearer {token}"), 401),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -653,6 +665,28 @@ async fn concurrent_first_lambda_invocations_share_one_secret_read() {
     assert_eq!(aws.count("GetSecretValue"), 1, "{:?}", aws.calls());
 }
 
+/// The real binary over the filesystem store `store` with its users in [`USERS_ARN`] of `aws`,
+/// logging at `level`.
+async fn server_with_secret_users(
+    store: &std::path::Path,
+    aws: &FakeAws,
+    level: &str,
+) -> (ServerProcess, std::thread::JoinHandle<String>) {
+    let env = [
+        s3::AWS_ENV.as_slice(),
+        &[
+            ("RUST_LOG", level),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url),
+        ],
+    ]
+    .concat();
+    ServerProcess::start_logged(
+        &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
+        &env,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
     let aws = FakeAws::start().await;
@@ -663,16 +697,7 @@ async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
     aws.put_secret(USERS_ARN, &format!("{good}{bad_line}\n"));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let (mut server, log) = ServerProcess::start_logged(
-        &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
-        &[
-            ("RUST_LOG", "debug"),
-            ("AWS_REGION", s3::REGION),
-            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url),
-        ],
-    );
+    let (mut server, log) = server_with_secret_users(&store, &aws, "debug").await;
     assert!(aws.calls().is_empty(), "nothing is read at start-up");
     let http = reqwest::Client::new();
     let get = |authorization: String| {
@@ -706,16 +731,7 @@ async fn the_server_binary_reads_users_from_a_secret_and_logs_no_secret() {
     // (where the SDK logs each answer it receives).
     let aws2 = FakeAws::start().await;
     aws2.put_secret(USERS_ARN, &good);
-    let (mut server, log) = ServerProcess::start_logged(
-        &["--store", store.to_str().unwrap(), "--auth", USERS_ARN],
-        &[
-            ("RUST_LOG", "trace"),
-            ("AWS_REGION", s3::REGION),
-            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws2.url),
-        ],
-    );
+    let (mut server, log) = server_with_secret_users(&store, &aws2, "trace").await;
     let url = format!("{}/v2/", server.url);
     let resp = http
         .get(&url)
@@ -778,11 +794,7 @@ async fn proxy_with_limits(
 ) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("htpasswd");
-    let text: String = users
-        .iter()
-        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap()))
-        .collect();
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, htpasswd_with_cost(users, cost)).unwrap();
     let extra = format!("auth = \"{}\"\n{limits}", path.display());
     (
         Proxy::with_config(&local_config_with(&up.url(), &extra)).await,
@@ -908,13 +920,9 @@ async fn a_flood_of_wrong_passwords_does_not_delay_a_right_one_beyond_a_bound() 
             }));
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     while answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flood got no answer"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        deadline.pause("the flood got no answer").await;
     }
 
     // During the flood: a right password never verified before waits at most for the flood's

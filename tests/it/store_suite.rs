@@ -3,12 +3,10 @@
 //! in-process S3-compatible server that checks SigV4 signatures). Then a few tests of what only
 //! S3 has: write-once blob keys, retries, bounded parts in flight.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::support::s3::S3Server;
 use bytes::Bytes;
-use common::s3::S3Server;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use pullthrough::config::{MIB, S3Settings};
 use pullthrough::oci::{Digest, RepoName, Tag};
@@ -58,7 +56,7 @@ impl Harness {
     async fn raw_keys(&self) -> Vec<String> {
         match &self.backend {
             Backend::Fs(dir) => {
-                let mut out: Vec<String> = common::files_under(dir.path())
+                let mut out: Vec<String> = crate::support::files_under(dir.path())
                     .into_iter()
                     .map(|p| {
                         p.strip_prefix(dir.path())
@@ -88,7 +86,7 @@ impl Harness {
         match &self.backend {
             Backend::Fs(dir) => {
                 assert_eq!(
-                    common::files_under(&dir.path().join(".tmp")),
+                    crate::support::files_under(&dir.path().join(".tmp")),
                     Vec::<std::path::PathBuf>::new()
                 );
             }
@@ -138,7 +136,7 @@ fn s3_settings() -> S3Settings {
 }
 
 fn data(seed: u64, len: usize) -> Bytes {
-    common::blob_bytes(seed, len)
+    crate::support::blob_bytes(seed, len)
 }
 
 /// `bytes` as a stream of 64 KiB chunks.
@@ -461,7 +459,7 @@ async fn read_lets_a_plain_client_get_the_exact_bytes(h: Harness) {
         _ => panic!("unexpected kind of read for this store"),
     }
     let got = fetch(&h, read).await;
-    assert_eq!(common::sha256(&got), common::sha256(&bytes));
+    assert_eq!(crate::support::sha256(&got), crate::support::sha256(&bytes));
     assert_eq!(got, bytes);
 }
 
@@ -504,7 +502,7 @@ async fn open_streams_bytes_and_verify_finds_what_does_not_match(h: Harness) {
     assert_eq!(report.checked, 2);
     assert_eq!(report.bad.len(), 1);
     assert_eq!(report.bad[0].0, blob_key(&named_for).to_string());
-    assert_eq!(report.bad[0].1, common::sha256(b"other bytes"));
+    assert_eq!(report.bad[0].1, crate::support::sha256(b"other bytes"));
 }
 
 macro_rules! suite {

@@ -2,21 +2,31 @@
 //! object under `blobs/` ever holds bytes whose hash differs from its name — which
 //! `pullthrough verify` checks, and reports when it is not so.
 
-mod common;
+use crate::support::*;
 
-use std::process::Command;
+/// `pullthrough verify` over `args`: exit code and report.
+fn verify(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let ran = run(&[&["verify"], args].concat(), env);
+    (ran.code, ran.stdout)
+}
 
-use common::*;
+/// `pullthrough verify` over the filesystem store `store`.
+fn verify_dir(store: &std::path::Path) -> (Option<i32>, String) {
+    verify(&["--store", store.to_str().unwrap()], &[])
+}
 
-fn verify(store: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-        .args(["verify", "--store", store.to_str().unwrap()])
-        .output()
+/// GETs the blob `digest` from `server` and checks it whole.
+async fn get_whole(http: &reqwest::Client, server: &ServerProcess, digest: &str, len: usize) {
+    let body = http
+        .get(format!("{}/v2/team/app/blobs/{digest}", server.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    assert_eq!(body.len(), len);
+    assert_eq!(sha256(&body), digest);
 }
 
 #[tokio::test]
@@ -27,8 +37,7 @@ async fn a_fill_killed_midway_leaves_nothing_and_the_next_request_refills() {
     let small = up.put_blob("team/app", blob_bytes(101, 10_000));
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let config = dir.path().join("pullthrough.toml");
-    std::fs::write(&config, local_config(&up.url())).unwrap();
+    let config = config_file(dir.path(), &local_config(&up.url()));
     let args = [
         "--store",
         store.to_str().unwrap(),
@@ -36,7 +45,7 @@ async fn a_fill_killed_midway_leaves_nothing_and_the_next_request_refills() {
         config.to_str().unwrap(),
     ];
 
-    let mut server = ServerProcess::start(&args);
+    let mut server = ServerProcess::start(&args).await;
     let http = reqwest::Client::new();
     // One complete blob, so verify has something good to read.
     let ok = http
@@ -68,23 +77,14 @@ async fn a_fill_killed_midway_leaves_nothing_and_the_next_request_refills() {
     );
 
     // Restart on the same store: the leftovers go, and the blob is filled afresh.
-    let server = ServerProcess::start(&args);
+    let server = ServerProcess::start(&args).await;
     assert!(
         files_under(&store.join(".tmp")).is_empty(),
         "temporary files survived a restart"
     );
-    let body = http
-        .get(format!("{}/v2/team/app/blobs/{d}", server.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.len(), data.len());
-    assert_eq!(sha256(&body), d);
+    get_whole(&http, &server, &d, data.len()).await;
 
-    let (code, out) = verify(&store);
+    let (code, out) = verify_dir(&store);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("checked 2 blobs"), "{out}");
     assert!(out.contains("0 bad"), "{out}");
@@ -109,7 +109,7 @@ fn verify_reports_a_blob_whose_bytes_do_not_match_its_name() {
         &schema1,
     )
     .unwrap();
-    let (code, out) = verify(&store);
+    let (code, out) = verify_dir(&store);
     assert_eq!(code, Some(0), "{out}");
 
     let bad_name = sha256(b"what the name promises");
@@ -119,7 +119,7 @@ fn verify_reports_a_blob_whose_bytes_do_not_match_its_name() {
     )
     .unwrap();
     std::fs::write(blobs.join("not-a-digest"), b"x").unwrap();
-    let (code, out) = verify(&store);
+    let (code, out) = verify_dir(&store);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(&format!(
@@ -147,33 +147,21 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     let small = up.put_blob("team/app", blob_bytes(103, 10_000));
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pullthrough.toml");
     let spill_dir = dir.path().join("spill");
-    std::fs::write(
-        &config,
-        format!(
-            "{}{}\n[spill]\ndir = \"{}\"\n",
-            local_config(&up.url()),
-            s3.config_table("part_size = \"8MiB\"\nparts_in_flight = 1\nfill_lease = \"3s\""),
-            spill_dir.display()
+    let s3_extra = "part_size = \"8MiB\"\nparts_in_flight = 1\nfill_lease = \"3s\"";
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "{}{}",
+            local_s3_config(&up.url(), &s3, s3_extra),
+            spill_table(&spill_dir, "")
         ),
-    )
-    .unwrap();
-    let store = format!("s3://{}", s3.bucket);
-    let args = [
-        "--store",
-        store.as_str(),
-        "--config",
-        config.to_str().unwrap(),
-    ];
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
-        ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
-        ("AWS_REGION", s3::REGION),
-    ];
+    );
+    let args = s3::binary_args(&config);
+    let env = s3::AWS_ENV;
     let http = reqwest::Client::new(); // follows the 307 to S3
 
-    let mut server = ServerProcess::start_with_env(&args, &env);
+    let mut server = ServerProcess::start_with_env(&args, &env).await;
     let ok = http
         .get(format!("{}/v2/team/app/blobs/{small}", server.url))
         .send()
@@ -208,12 +196,7 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         "the dead process's spill file is left behind"
     );
     let (alg, hex) = d.split_once(':').unwrap();
-    assert!(
-        !s3.blob_keys("")
-            .await
-            .contains(&format!("blobs/{alg}/{hex}")),
-        "a half fill was published"
-    );
+    assert!(!s3.has_blob(&d).await, "a half fill was published");
     assert_eq!(
         s3.multipart_uploads().await.len(),
         1,
@@ -225,21 +208,12 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
 
     // A new process waits for that lease to expire (3 s here, `[s3] fill_lease`: a live owner
     // would have renewed it), takes it over and fills the blob afresh.
-    let server = ServerProcess::start_with_env(&args, &env);
+    let server = ServerProcess::start_with_env(&args, &env).await;
     assert!(
         files_under(&spill_dir).is_empty(),
         "a new process removes the spill files of dead ones at start-up"
     );
-    let body = http
-        .get(format!("{}/v2/team/app/blobs/{d}", server.url))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.len(), data.len());
-    assert_eq!(sha256(&body), d);
+    get_whole(&http, &server, &d, data.len()).await;
     // The client has its bytes once they are verified; the upload, then the lease's release,
     // follow.
     s3.wait_for("the lease released", |calls| {
@@ -250,19 +224,7 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
     .await;
     assert_eq!(s3.object_keys("leases/").await, Vec::<String>::new());
 
-    let verify = |extra: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .arg("verify")
-            .args(args)
-            .envs(env.iter().chain(extra).copied())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    let (code, out) = verify(&[]);
+    let (code, out) = verify(&args, &env);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("checked 2 blobs"), "{out}");
     assert!(out.contains("0 bad"), "{out}");
@@ -282,7 +244,7 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
         .send()
         .await
         .unwrap();
-    let (code, out) = verify(&[]);
+    let (code, out) = verify(&args, &env);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains(&sha256(b"something else")), "{out}");
     assert!(out.contains("1 bad"), "{out}");
@@ -292,12 +254,9 @@ async fn a_fill_killed_midway_over_s3_publishes_nothing_and_the_next_request_ref
 fn verify_of_a_missing_store_directory_is_an_error_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let typo = dir.path().join("typo");
-    let out = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-        .args(["verify", "--store", typo.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run(&["verify", "--store", typo.to_str().unwrap()], &[]);
+    assert_eq!(out.code, Some(2));
+    let stderr = out.stderr;
     assert!(
         stderr.contains(&format!(
             "pullthrough: store directory {} does not exist",
@@ -315,15 +274,14 @@ async fn verify_and_a_second_server_leave_a_live_servers_temporary_files_alone()
     let d = up.put_blob("team/app", data.clone());
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let config = dir.path().join("pullthrough.toml");
-    std::fs::write(&config, local_config(&up.url())).unwrap();
+    let config = config_file(dir.path(), &local_config(&up.url()));
     let args = [
         "--store",
         store.to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
     ];
-    let server = ServerProcess::start(&args);
+    let server = ServerProcess::start(&args).await;
     // A fill in flight, held back by a client that pauses after the first chunk.
     let mut resp = reqwest::get(format!("{}/v2/team/app/blobs/{d}", server.url))
         .await
@@ -333,10 +291,10 @@ async fn verify_and_a_second_server_leave_a_live_servers_temporary_files_alone()
     let tmp = files_under(&store.join(".tmp"));
     assert!(!tmp.is_empty(), "the fill was not in progress");
 
-    let (code, out) = verify(&store);
+    let (code, out) = verify_dir(&store);
     assert_eq!(code, Some(0), "{out}");
     // A second server on the same directory starts and serves, but leaves .tmp alone too.
-    let second = ServerProcess::start(&args);
+    let second = ServerProcess::start(&args).await;
     let ok = reqwest::get(format!("{}/v2/", second.url)).await.unwrap();
     assert_eq!(ok.status(), 200);
     for f in &tmp {
@@ -354,15 +312,11 @@ async fn verify_and_a_second_server_leave_a_live_servers_temporary_files_alone()
     assert_eq!(got.len(), data.len());
     assert_eq!(sha256(&got), d);
     let (alg, hex) = d.split_once(':').unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Deadline::after(std::time::Duration::from_secs(10));
     while !store.join("blobs").join(alg).join(hex).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fill was not published"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        deadline.pause("the fill was not published").await;
     }
-    let (code, out) = verify(&store);
+    let (code, out) = verify_dir(&store);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("checked 1 blobs"), "{out}");
 }

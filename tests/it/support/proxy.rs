@@ -1,11 +1,5 @@
-//! Test harness: the real proxy on 127.0.0.1:0 over a temporary filesystem store or an
-//! in-process S3-compatible server ([`s3`]), pointed at in-process fake upstream registries.
-#![allow(dead_code)]
-
-pub mod fake_registry;
-pub mod lambda;
-pub mod runtime_api;
-pub mod s3;
+//! [`Proxy`]: the real proxy in the test process on 127.0.0.1:0, over a temporary filesystem
+//! store or the in-process S3 server, and the configuration text tests start it with.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,42 +8,10 @@ use std::time::Duration;
 use pullthrough::cache::{Clock, Services};
 use pullthrough::config::{Config, Settings};
 use pullthrough::store::Store;
-use pullthrough::store::s3::{S3Options, S3Store};
-use sha2::{Digest as _, Sha256};
 
-pub use fake_registry::*;
-pub use s3::S3Server;
-
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// What docker 20+ sends when pulling.
-pub const DOCKER_CLIENT_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v1+prettyjws";
-
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// A running proxy. Dropping it stops the server.
-pub struct Proxy {
-    pub url: String,
-    pub store_dir: Arc<tempfile::TempDir>,
-    pub clock: Arc<Clock>,
-    pub http: reqwest::Client,
-    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`] (shared with
-    /// its siblings).
-    pub s3: Option<Arc<S3Server>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+use super::fake_registry::{DOCKER_SCHEMA1_SIGNED, FakeRegistry, manifest_digest};
+use super::s3::S3Server;
+use super::{DOCKER_CLIENT_ACCEPT, files_under, no_redirects, sha256};
 
 /// The config file text for a proxy whose default upstream is `upstream` under alias `local`,
 /// with short timeouts so fault tests finish quickly.
@@ -73,6 +35,40 @@ url = "{upstream_url}"
 insecure = true
 "#
     )
+}
+
+/// [`local_config`] over `s3`, with `s3_extra` lines in its `[s3]` table.
+pub fn local_s3_config(upstream_url: &str, s3: &S3Server, s3_extra: &str) -> String {
+    format!(
+        "{}{}",
+        local_config(upstream_url),
+        s3.config_table(s3_extra)
+    )
+}
+
+/// A `[spill]` table: fills over S3 spill into `dir`; `extra` lines (e.g. `max_size`).
+pub fn spill_table(dir: &Path, extra: &str) -> String {
+    format!("\n[spill]\ndir = \"{}\"\n{extra}", dir.display())
+}
+
+/// A running proxy. Dropping it stops the server.
+pub struct Proxy {
+    pub url: String,
+    pub store_dir: Arc<tempfile::TempDir>,
+    pub clock: Arc<Clock>,
+    pub http: reqwest::Client,
+    /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`] (shared with
+    /// its siblings).
+    pub s3: Option<Arc<S3Server>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl Proxy {
@@ -131,10 +127,17 @@ impl Proxy {
     /// [`Proxy::start_s3`] with extra lines in the `[s3]` table (e.g. `part_size = "8MiB"`).
     pub async fn start_s3_with(upstream: &FakeRegistry, s3_extra: &str) -> Proxy {
         let server = S3Server::start().await;
+        let toml = local_s3_config(&upstream.url(), &server, s3_extra);
+        Proxy::with_s3_config(&toml, server).await
+    }
+
+    /// [`Proxy::start_s3`] whose fills spill into `spill` (the `[spill]` table).
+    pub async fn start_s3_spilling(upstream: &FakeRegistry, spill: &Path) -> Proxy {
+        let server = S3Server::start().await;
         let toml = format!(
             "{}{}",
-            local_config(&upstream.url()),
-            server.config_table(s3_extra)
+            local_s3_config(&upstream.url(), &server, ""),
+            spill_table(spill, "")
         );
         Proxy::with_s3_config(&toml, server).await
     }
@@ -152,16 +155,7 @@ impl Proxy {
     }
 
     async fn over_s3(toml: &str, server: Arc<S3Server>, services: Services) -> Proxy {
-        let settings = Settings {
-            store: Some(format!("s3://{}", server.bucket)),
-            ..Settings::default()
-        };
-        let config = Config::from_toml(&settings, toml).expect("test config is valid");
-        let options = S3Options {
-            credentials: Some(s3::test_credentials()),
-            ..S3Options::from_config(&config).expect("an s3 store")
-        };
-        let store = S3Store::open(options).await.expect("S3 store opens");
+        let (config, store) = server.configured_store(toml).await;
         let store_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         Proxy::serve(config, Arc::new(store), store_dir, Some(server), services).await
     }
@@ -189,10 +183,7 @@ impl Proxy {
             url,
             store_dir,
             clock,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("client"),
+            http: no_redirects(),
             s3,
             shutdown: Some(tx),
         }
@@ -205,6 +196,15 @@ impl Proxy {
 
     pub fn root(&self) -> &Path {
         self.store_dir.path()
+    }
+
+    /// GET `/v2/<repo>/manifests/<reference>` as docker 20+ asks ([`DOCKER_CLIENT_ACCEPT`]).
+    pub async fn manifest(&self, repo: &str, reference: &str) -> reqwest::Response {
+        self.get(
+            &format!("/v2/{repo}/manifests/{reference}"),
+            Some(DOCKER_CLIENT_ACCEPT),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
@@ -281,124 +281,5 @@ impl Proxy {
 
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
-    }
-}
-
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// Asserts an OCI JSON error with the given status and code, returning its message.
-pub async fn expect_oci_error(resp: reqwest::Response, status: u16, code: &str) -> String {
-    assert_eq!(resp.status().as_u16(), status, "unexpected status");
-    assert_eq!(header(&resp, "content-type"), Some("application/json"));
-    assert_eq!(
-        header(&resp, "docker-distribution-api-version"),
-        Some("registry/2.0")
-    );
-    let body: serde_json::Value = resp.json().await.expect("error body is JSON");
-    let first = &body["errors"][0];
-    assert_eq!(first["code"], code, "body: {body}");
-    first["message"].as_str().unwrap_or_default().to_owned()
-}
-
-/// The real `pullthrough` binary running `serve`, killed when dropped.
-pub struct ServerProcess {
-    pub child: std::process::Child,
-    pub url: String,
-}
-
-impl ServerProcess {
-    /// Starts `pullthrough serve --listen 127.0.0.1:0 <args>` and waits for it to say where it
-    /// listens.
-    pub fn start(args: &[&str]) -> ServerProcess {
-        ServerProcess::start_with_env(args, &[])
-    }
-
-    /// [`ServerProcess::start`] with extra environment variables (log level `warn` unless they
-    /// set `RUST_LOG`).
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut all = vec![("RUST_LOG", "warn")];
-        all.extend_from_slice(env);
-        ServerProcess::start_logged(args, &all).0
-    }
-
-    /// [`ServerProcess::start`] with extra environment variables; the second value collects
-    /// everything the server writes to stderr and stdout (where its log goes) until it exits
-    /// (join it after [`Self::kill`]).
-    pub fn start_logged(
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> (ServerProcess, std::thread::JoinHandle<String>) {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().copied())
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn pullthrough");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                text.push_str(&line);
-                text.push('\n');
-            }
-            text
-        });
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut log = String::new();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("pullthrough exited before serving")
-                .expect("read stderr");
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
-                break u.to_owned();
-            }
-        };
-        // Keep draining both pipes so the server never blocks on a full one.
-        let drain = std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                log.push_str(&line);
-                log.push('\n');
-            }
-            log.push_str(&stdout.join().unwrap_or_default());
-            log
-        });
-        (ServerProcess { child, url }, drain)
-    }
-
-    /// SIGKILL: no chance to clean up, as in a crash.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

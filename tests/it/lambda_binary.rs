@@ -1,17 +1,15 @@
 //! The real binary in Lambda mode (`AWS_LAMBDA_RUNTIME_API` set), against the local runtime API
-//! of `tests/common/runtime_api.rs`: it initialises without network I/O, asks for work, answers
+//! of `tests/it/support/runtime_api.rs`: it initialises without network I/O, asks for work, answers
 //! API Gateway events, hands a slow blob copy to an asynchronous invocation through the fake
 //! `Invoke` endpoint, and finishes that copy when the test delivers the event back to it.
 //! (How long initialisation takes is measured by `bench/lambda_init.sh`, on the release build.)
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::lambda::{FakeAws, Source, decode, http_event};
-use common::runtime_api::{Outcome, RuntimeApi};
-use common::*;
+use crate::support::lambda::{FakeAws, Source, decode, http_event};
+use crate::support::runtime_api::{Outcome, RuntimeApi};
+use crate::support::*;
 
 struct Running(Child);
 
@@ -29,12 +27,13 @@ fn spawn(api: &RuntimeApi, aws: &FakeAws, store: &str, config_toml: &str) -> Run
         Command::new(env!("CARGO_BIN_EXE_pullthrough"))
             .env_clear()
             .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", common::lambda::FUNCTION_NAME)
+            .env(
+                "AWS_LAMBDA_FUNCTION_NAME",
+                crate::support::lambda::FUNCTION_NAME,
+            )
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_REGION", s3::REGION)
-            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .envs(s3::AWS_ENV)
             .env("AWS_ENDPOINT_URL_LAMBDA", &aws.url)
             .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
             .env("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")
@@ -57,7 +56,7 @@ async fn http(api: &RuntimeApi, method: &str, path: &str, accept: Option<&str>) 
     }
 }
 
-use common::lambda;
+use crate::support::lambda;
 
 #[tokio::test]
 async fn the_binary_serves_api_gateway_events_and_finishes_slow_copies_asynchronously() {
@@ -133,13 +132,8 @@ secret_arn = "{SECRET_ARN}"
     let layer = &img.amd64.blob_digests()[1];
     let blob = http(&api, "GET", &format!("/v2/team/app/blobs/{layer}"), None).await;
     assert_eq!(blob.status, 307, "{:?}", blob.raw);
-    let resp = s3
-        .plain_client()
-        .get(blob.header("location").unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&resp.bytes().await.unwrap()), *layer);
+    s3.assert_serves(blob.header("location").unwrap(), layer)
+        .await;
     // Upstream credentials were read from Secrets Manager, once, signed.
     assert_eq!(aws.count("GetSecretValue"), 1);
     assert!(aws.calls().iter().all(|c| c.signature_ok));
@@ -185,13 +179,8 @@ secret_arn = "{SECRET_ARN}"
     }
     let done = http(&api, "GET", &path, None).await;
     assert_eq!(done.status, 307, "{:?}", done.raw);
-    let resp = s3
-        .plain_client()
-        .get(done.header("location").unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&resp.bytes().await.unwrap()), slow);
+    s3.assert_serves(done.header("location").unwrap(), &slow)
+        .await;
 
     // An event of no known kind is an invocation error, and the function goes on.
     match api
@@ -212,15 +201,14 @@ async fn a_bad_configuration_is_reported_to_the_runtime_api_as_an_init_error() {
     let aws = FakeAws::start().await;
     let api = RuntimeApi::start().await;
     let mut child = spawn(&api, &aws, "./local-directory", "");
-    let mut status = None;
-    for _ in 0..1500 {
-        status = child.0.try_wait().unwrap();
-        if status.is_some() {
-            break;
+    let deadline = Deadline::after(Duration::from_secs(30));
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status.expect("the binary exits").code(), Some(2));
+        deadline.pause("the binary exits").await;
+    };
+    assert_eq!(status.code(), Some(2));
     let reported = api.init_error().expect("an init error was posted");
     let text = String::from_utf8_lossy(&reported);
     assert!(text.contains("Lambda mode needs an S3 store"), "{text}");
@@ -231,7 +219,6 @@ async fn a_bad_configuration_is_reported_to_the_runtime_api_as_an_init_error() {
 /// from Secrets Manager (the fake endpoint, via `AWS_ENDPOINT_URL_SECRETS_MANAGER`) on first use.
 #[tokio::test]
 async fn the_server_reads_upstream_credentials_from_secrets_manager_too() {
-    use std::io::{BufRead, BufReader};
     let up = FakeRegistry::start(FakeOptions {
         auth: FakeAuth::Basic {
             username: "robot".into(),
@@ -248,34 +235,22 @@ async fn the_server_reads_upstream_credentials_from_secrets_manager_too() {
         "default_upstream = \"local\"\n[[upstream]]\nalias = \"local\"\nurl = \"{}\"\ninsecure = true\nsecret_arn = \"{SECRET_ARN}\"\n",
         up.url()
     );
-    let mut child = Running(
-        Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(store.path())
-            .env_clear()
-            .env("AWS_REGION", s3::REGION)
-            .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
-            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
-            .env("PULLTHROUGH_CONFIG_TOML", &config_toml)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the server"),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let line = lines.next().expect("server exited before serving").unwrap();
-            if let Some(u) = line.strip_prefix("pullthrough: serving on ") {
-                break u.to_owned();
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let env = [
+        s3::AWS_ENV.as_slice(),
+        &[
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url),
+            ("PULLTHROUGH_CONFIG_TOML", &config_toml),
+            ("RUST_LOG", "warn"),
+        ],
+    ]
+    .concat();
+    let (server, _log) =
+        ServerProcess::try_start_clean(&["--store", store.path().to_str().unwrap()], &env)
+            .await
+            .unwrap_or_else(|(code, log)| {
+                panic!("server exited ({code:?}) before serving:\n{log}")
+            });
+    let url = &server.url;
     assert_eq!(aws.calls().len(), 0, "nothing read at start-up");
     let client = reqwest::Client::new();
     for reference in ["v1", img.amd64.digest.as_str()] {

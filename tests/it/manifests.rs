@@ -1,38 +1,12 @@
 //! Manifests through the proxy: bytes are sacred, tags are pointers with a TTL, errors are OCI JSON.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 
 async fn body_of(resp: reqwest::Response) -> Bytes {
     resp.bytes().await.expect("body")
-}
-
-/// Asserts a manifest answer: status 200, exact bytes, media type and digest.
-async fn assert_manifest(resp: reqwest::Response, expected: &Pushed) {
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&resp, "content-type"),
-        Some(expected.media_type.as_str())
-    );
-    assert_eq!(
-        header(&resp, "docker-content-digest"),
-        Some(expected.digest.as_str())
-    );
-    assert_eq!(
-        header(&resp, "docker-distribution-api-version"),
-        Some("registry/2.0")
-    );
-    let body = body_of(resp).await;
-    assert_eq!(body, expected.bytes, "bytes differ from the upstream's");
-    assert_eq!(
-        manifest_digest(&expected.media_type, &body),
-        expected.digest,
-        "digest is not that of the body"
-    );
 }
 
 #[tokio::test]
@@ -43,12 +17,7 @@ async fn oci_index_pulls_through_a_hub_like_upstream() {
     let img = push_oci_index(&up, "grafana/mimir", "latest", 1);
     let proxy = Proxy::start(&up).await;
 
-    let resp = proxy
-        .get(
-            "/v2/grafana/mimir/manifests/latest",
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let resp = proxy.manifest("grafana/mimir", "latest").await;
     assert_manifest(resp, &img.index).await;
 
     let manifest_gets: Vec<_> = up
@@ -80,21 +49,11 @@ async fn pull_by_tag_then_by_index_digest_and_child_digest() {
     let img = push_oci_index(&up, "library/alpine", "3.20", 2);
     let proxy = Proxy::start(&up).await;
 
-    let by_tag = proxy
-        .get(
-            "/v2/library/alpine/manifests/3.20",
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let by_tag = proxy.manifest("library/alpine", "3.20").await;
     assert_manifest(by_tag, &img.index).await;
 
     up.clear_requests();
-    let by_index_digest = proxy
-        .get(
-            &format!("/v2/library/alpine/manifests/{}", img.index.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let by_index_digest = proxy.manifest("library/alpine", &img.index.digest).await;
     assert_manifest(by_index_digest, &img.index).await;
     assert!(
         up.requests().is_empty(),
@@ -102,21 +61,11 @@ async fn pull_by_tag_then_by_index_digest_and_child_digest() {
     );
 
     for child in [&img.amd64, &img.arm64, &img.attestation] {
-        let resp = proxy
-            .get(
-                &format!("/v2/library/alpine/manifests/{}", child.digest),
-                Some(DOCKER_CLIENT_ACCEPT),
-            )
-            .await;
+        let resp = proxy.manifest("library/alpine", &child.digest).await;
         assert_manifest(resp, child).await;
     }
     up.clear_requests();
-    let again = proxy
-        .get(
-            &format!("/v2/library/alpine/manifests/{}", img.amd64.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let again = proxy.manifest("library/alpine", &img.amd64.digest).await;
     assert_manifest(again, &img.amd64).await;
     assert!(
         up.requests().is_empty(),
@@ -129,44 +78,10 @@ async fn docker_manifest_list_and_children_keep_their_bytes() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_docker_list(&up, "team/app", "v1", 3);
     let proxy = Proxy::start(&up).await;
-    assert_manifest(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        &img.index,
-    )
-    .await;
+    assert_manifest(proxy.manifest("team/app", "v1").await, &img.index).await;
     for child in [&img.amd64, &img.arm64] {
         let path = format!("/v2/team/app/manifests/{}", child.digest);
         assert_manifest(proxy.get(&path, Some(DOCKER_CLIENT_ACCEPT)).await, child).await;
-    }
-}
-
-/// Pulls an image the way a client does: tag, platform manifest, config and layers.
-async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
-    let idx = proxy
-        .get(
-            &format!("/v2/{repo}/manifests/{tag}"),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
-    assert_manifest(idx, &img.index).await;
-    let m = proxy
-        .get(
-            &format!("/v2/{repo}/manifests/{}", img.amd64.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
-    assert_manifest(m, &img.amd64).await;
-    let parsed: serde_json::Value = serde_json::from_slice(&img.amd64.bytes).unwrap();
-    let mut digests = vec![parsed["config"]["digest"].as_str().unwrap().to_owned()];
-    for l in parsed["layers"].as_array().unwrap() {
-        digests.push(l["digest"].as_str().unwrap().to_owned());
-    }
-    for d in digests {
-        let resp = proxy.get(&format!("/v2/{repo}/blobs/{d}"), None).await;
-        assert_eq!(resp.status(), 200, "blob {d}");
-        assert_eq!(sha256(&body_of(resp).await), d);
     }
 }
 
@@ -183,10 +98,7 @@ async fn warm_pull_within_the_ttl_makes_zero_upstream_requests() {
         up.requests().len(),
         0,
         "warm pull asked the upstream: {:?}",
-        up.requests()
-            .iter()
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect::<Vec<_>>()
+        up.request_lines()
     );
 }
 
@@ -200,14 +112,7 @@ async fn after_the_ttl_a_warm_pull_makes_exactly_one_upstream_head() {
     proxy.advance(Duration::from_secs(61));
     full_pull(&proxy, "team/app", "v1", &img).await;
     let reqs = up.requests();
-    assert_eq!(
-        reqs.len(),
-        1,
-        "{:?}",
-        reqs.iter()
-            .map(|r| format!("{} {}", r.method, r.path))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(reqs.len(), 1, "{:?}", up.request_lines());
     assert_eq!(reqs[0].method, "HEAD");
     assert_eq!(reqs[0].path, "/v2/team/app/manifests/v1");
     // The HEAD refreshed the pointer: within the new TTL, nothing again.
@@ -221,40 +126,17 @@ async fn a_moved_tag_is_followed_after_the_ttl() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let first = push_oci_index(&up, "team/app", "v1", 6);
     let proxy = Proxy::start(&up).await;
-    assert_manifest(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        &first.index,
-    )
-    .await;
+    assert_manifest(proxy.manifest("team/app", "v1").await, &first.index).await;
     let second = push_oci_index(&up, "team/app", "v1", 7);
     // Within the TTL the old answer stands.
-    assert_manifest(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        &first.index,
-    )
-    .await;
+    assert_manifest(proxy.manifest("team/app", "v1").await, &first.index).await;
     proxy.advance(Duration::from_secs(61));
     up.clear_requests();
-    assert_manifest(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        &second.index,
-    )
-    .await;
+    assert_manifest(proxy.manifest("team/app", "v1").await, &second.index).await;
     assert_eq!(up.count("HEAD", "/manifests/v1"), 1);
     assert_eq!(up.count("GET", "/manifests/v1"), 1);
     // The old index is still served by digest.
-    let old = proxy
-        .get(
-            &format!("/v2/team/app/manifests/{}", first.index.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let old = proxy.manifest("team/app", &first.index.digest).await;
     assert_manifest(old, &first.index).await;
 }
 
@@ -263,13 +145,7 @@ async fn upstream_failure_with_a_cached_tag_serves_it_stale_with_a_warning() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 8);
     let proxy = Proxy::start(&up).await;
-    assert_manifest(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        &img.index,
-    )
-    .await;
+    assert_manifest(proxy.manifest("team/app", "v1").await, &img.index).await;
     proxy.advance(Duration::from_secs(120));
 
     for fault in [
@@ -282,9 +158,7 @@ async fn upstream_failure_with_a_cached_tag_serves_it_stale_with_a_warning() {
         let is_404 = matches!(fault, Fault::Html404);
         up.clear_faults();
         up.add_fault(FaultRule::new(fault).path("/manifests/"));
-        let resp = proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await;
+        let resp = proxy.manifest("team/app", "v1").await;
         if is_404 {
             // The upstream says the tag is gone: not an outage, so no stale answer; and its
             // HTML page never reaches the client.
@@ -303,9 +177,7 @@ async fn upstream_failure_with_a_cached_tag_serves_it_stale_with_a_warning() {
     // The upstream gone entirely (connection refused): still served.
     up.clear_faults();
     up.shutdown();
-    let resp = proxy
-        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    let resp = proxy.manifest("team/app", "v1").await;
     assert!(header(&resp, "warning").is_some());
     assert_manifest(resp, &img.index).await;
 }
@@ -315,14 +187,7 @@ async fn nothing_cached_and_upstream_down_gives_503_json_naming_the_upstream() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let proxy = Proxy::start(&up).await;
     up.shutdown();
-    let msg = expect_oci_error(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        503,
-        "UNAVAILABLE",
-    )
-    .await;
+    let msg = expect_oci_error(proxy.manifest("team/app", "v1").await, 503, "UNAVAILABLE").await;
     assert!(msg.contains("local"), "{msg}");
 }
 
@@ -331,7 +196,7 @@ async fn upstream_errors_without_a_cache_map_to_oci_errors() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     push_oci_index(&up, "team/app", "v1", 9);
     let proxy = Proxy::start(&up).await;
-    let get = || proxy.get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT));
+    let get = || proxy.manifest("team/app", "v1");
 
     up.add_fault(FaultRule::new(Fault::Html404).path("/manifests/").times(1));
     expect_oci_error(get().await, 404, "MANIFEST_UNKNOWN").await;
@@ -383,14 +248,7 @@ async fn a_tampered_manifest_gives_502_and_stores_nothing() {
     let proxy = Proxy::start(&up).await;
 
     up.add_fault(FaultRule::new(Fault::WrongDigestHeader).path("/manifests/"));
-    expect_oci_error(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        502,
-        "UNAVAILABLE",
-    )
-    .await;
+    expect_oci_error(proxy.manifest("team/app", "v1").await, 502, "UNAVAILABLE").await;
     up.clear_faults();
 
     up.add_fault(FaultRule::new(Fault::TamperBody).path("/manifests/"));
@@ -402,14 +260,7 @@ async fn a_tampered_manifest_gives_502_and_stores_nothing() {
     )
     .await;
     assert!(msg.contains("nothing stored"), "{msg}");
-    let by_tag = expect_oci_error(
-        proxy
-            .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-        502,
-        "UNAVAILABLE",
-    )
-    .await;
+    let by_tag = expect_oci_error(proxy.manifest("team/app", "v1").await, 502, "UNAVAILABLE").await;
     assert!(by_tag.contains("hash"), "{by_tag}");
 
     up.clear_faults();
@@ -473,12 +324,8 @@ async fn a_client_without_the_list_types_gets_what_docker_hub_would_answer() {
     let index = push_oci_index(&up, "team/oci", "v1", 13);
     let proxy = Proxy::start(&up).await;
     // Fill both first with a modern client.
-    proxy
-        .get("/v2/team/dl/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
-    proxy
-        .get("/v2/team/oci/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    proxy.manifest("team/dl", "v1").await;
+    proxy.manifest("team/oci", "v1").await;
 
     // A schema2-only client asking for a manifest list gets the linux/amd64 child.
     assert_manifest(
@@ -528,10 +375,9 @@ async fn concurrent_cold_tag_requests_share_one_upstream_get() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let p = std::sync::Arc::clone(&proxy);
-        tasks.push(tokio::spawn(async move {
-            p.get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-                .await
-        }));
+        tasks.push(tokio::spawn(
+            async move { p.manifest("team/app", "v1").await },
+        ));
     }
     for t in tasks {
         assert_manifest(t.await.unwrap(), &img.index).await;
@@ -569,20 +415,11 @@ async fn a_schema1_only_client_gets_the_upstream_answer_passed_through() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let bytes = Bytes::from(std::fs::read(SIGNED_SCHEMA1_FILE).unwrap());
     let schema1 = DOCKER_SCHEMA1_SIGNED;
-    let digest = up.put_manifest("team/old", schema1, bytes.clone());
-    assert_eq!(digest, SIGNED_SCHEMA1_DIGEST);
-    up.tag("team/old", "v1", &digest);
+    let pushed = push_tagged(&up, "team/old", "v1", schema1, bytes);
+    assert_eq!(pushed.digest, SIGNED_SCHEMA1_DIGEST);
     let proxy = Proxy::start(&up).await;
     let resp = proxy.get("/v2/team/old/manifests/v1", Some(schema1)).await;
-    assert_manifest(
-        resp,
-        &Pushed {
-            digest: digest.clone(),
-            media_type: schema1.into(),
-            bytes,
-        },
-    )
-    .await;
+    assert_manifest(resp, &pushed).await;
     let r = up
         .requests()
         .into_iter()
@@ -646,19 +483,9 @@ async fn a_signed_schema1_manifest_is_known_by_its_payload_digest_though_resigne
     assert!(up.requests().is_empty(), "by digest, from the cache");
 
     // A modern client gets the same document by tag; the pointer holds within the TTL.
-    check(
-        proxy
-            .get("/v2/team/old/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-    )
-    .await;
+    check(proxy.manifest("team/old", "v1").await).await;
     up.clear_requests();
-    check(
-        proxy
-            .get("/v2/team/old/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-            .await,
-    )
-    .await;
+    check(proxy.manifest("team/old", "v1").await).await;
     assert!(up.requests().is_empty(), "a warm schema1 tag asks nothing");
 
     // A fresh instance: the marker's inline copy is accepted by its payload digest.
@@ -697,31 +524,13 @@ async fn a_signed_schema1_manifest_is_known_by_its_payload_digest_though_resigne
 #[tokio::test]
 async fn real_world_manifests_come_back_byte_for_byte() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
-    let dir = std::path::Path::new("tests/fixtures/realworld-manifests");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let docs = index["docs"].as_array().unwrap();
-    assert!(docs.len() >= 20);
-    let mut expected = Vec::new();
-    for d in docs {
-        let bytes = Bytes::from(std::fs::read(dir.join(d["file"].as_str().unwrap())).unwrap());
-        let media_type = d["mediaType"].as_str().unwrap().to_owned();
-        let digest = up.put_manifest("fixtures/real", &media_type, bytes.clone());
-        assert_eq!(
-            sha256(&bytes),
-            format!("sha256:{}", d["sha256"].as_str().unwrap())
-        );
-        let tag = d["tag"].as_str().unwrap().to_owned();
-        up.tag("fixtures/real", &tag, &digest);
-        expected.push((
-            tag,
-            Pushed {
-                digest,
-                media_type,
-                bytes,
-            },
-        ));
-    }
+    let expected: Vec<_> = realworld_manifests()
+        .into_iter()
+        .map(|(tag, media_type, bytes)| {
+            let p = push_tagged(&up, "fixtures/real", &tag, &media_type, bytes);
+            (tag, p)
+        })
+        .collect();
     let proxy = Proxy::start(&up).await;
     for (tag, p) in &expected {
         let accept = format!("{DOCKER_CLIENT_ACCEPT}, {}", p.media_type);
@@ -745,13 +554,6 @@ async fn real_world_manifests_come_back_byte_for_byte() {
         );
     }
     proxy.assert_store_consistent();
-}
-
-fn store_calls(resp: &reqwest::Response) -> u32 {
-    header(resp, "x-pullthrough-store-calls")
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -892,11 +694,10 @@ async fn a_layer_digest_on_the_manifests_endpoint_is_manifest_unknown_without_re
         }
         // Over S3 the marker follows the upload, after the client has its bytes: wait for it
         // (a blob HEAD answered from the remembered marker costs no store call).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Deadline::after(Duration::from_secs(30));
         for d in [&digest, &small] {
             while store_calls(&proxy.head(&format!("/v2/team/app/blobs/{d}"), None).await) != 0 {
-                assert!(std::time::Instant::now() < deadline, "never marked");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                deadline.pause("never marked").await;
             }
         }
         let path = format!("/v2/team/app/manifests/{digest}");
@@ -947,12 +748,7 @@ async fn a_layer_digest_on_the_manifests_endpoint_is_manifest_unknown_without_re
         }
         // A blob small enough to be a manifest: the upstream decides (it has no such manifest),
         // and the stored object is not read either.
-        let resp = cold
-            .get(
-                &format!("/v2/team/app/manifests/{small}"),
-                Some(DOCKER_CLIENT_ACCEPT),
-            )
-            .await;
+        let resp = cold.manifest("team/app", &small).await;
         assert!(store_calls(&resp) <= 1, "s3={s3}");
         expect_oci_error(resp, 404, "MANIFEST_UNKNOWN").await;
         assert_eq!(

@@ -2,12 +2,10 @@
 //! object and no temporary file, and the proxy keeps serving what fits. Uses a 4 MiB tmpfs, so
 //! it runs as root (as CI does); it fails loudly otherwise.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::support::*;
 
 /// A mounted tmpfs; the temp dir holding the mount point lives as long as it.
 struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
@@ -85,13 +83,11 @@ async fn a_full_disk_fails_the_fill_cleanly_and_the_proxy_goes_on() {
     let (alg, hex) = big.split_once(':').unwrap();
     assert!(!store.join("blobs").join(alg).join(hex).exists());
     // The range request's fill may still be failing: it goes within seconds.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Deadline::after(std::time::Duration::from_secs(10));
     while !files_under(&store.join(".tmp")).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a temporary file was left on the full disk"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        deadline
+            .pause("a temporary file was left on the full disk")
+            .await;
     }
 
     // What fits is still filled and served.

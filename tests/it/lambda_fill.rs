@@ -4,13 +4,11 @@
 //! Each "instance" is a separately built function over the same S3 server, as two Lambda
 //! execution environments would be.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::lambda::{Answer, FakeAws, Source, call, function};
-use common::*;
+use crate::support::lambda::{Answer, FakeAws, Source, call, function};
+use crate::support::*;
 use pullthrough::cache::Clock;
 use pullthrough::lambda::Function;
 
@@ -88,23 +86,6 @@ fn assert_pending(a: &Answer) {
     assert_eq!(a.json()["errors"][0]["code"], "UNAVAILABLE");
 }
 
-/// Polls `cond` every 10 ms, at most 3,000 times (30 s), then fails with `what`.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn follow(s3: &S3Server, location: &str, digest: &str) {
-    let resp = s3.plain_client().get(location).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "{location}");
-    assert_eq!(sha256(&resp.bytes().await.unwrap()), digest);
-}
-
 #[tokio::test]
 async fn a_blob_that_outlives_the_deadline_is_finished_by_an_async_invocation_under_one_lease() {
     let s = Setup::new(FakeOptions::default()).await;
@@ -159,9 +140,12 @@ async fn a_blob_that_outlives_the_deadline_is_finished_by_an_async_invocation_un
     // 2. The event is delivered to another instance, as Lambda would.
     let event = s.aws.invoke_payloads().remove(0).to_string();
     let fill = tokio::spawn(async move { b.handle(&event).await.map_err(|e| e.to_string()) });
-    eventually("the asynchronous copy's upstream GET", || {
-        s.up.count_authorized("GET", "/blobs/") == 2
-    })
+    let up = &s.up;
+    eventually(
+        "the asynchronous copy's upstream GET",
+        Duration::from_secs(30),
+        || async move { up.count_authorized("GET", "/blobs/") == 2 },
+    )
     .await;
 
     // 3. Meanwhile another instance's request gets 503 at once and starts no upstream fetch.
@@ -189,7 +173,7 @@ async fn a_blob_that_outlives_the_deadline_is_finished_by_an_async_invocation_un
         assert_eq!(again.status, 307, "{:?}", again.raw);
         let location = again.header("location").unwrap();
         assert!(location.starts_with(&s.s3.endpoint), "{location}");
-        follow(&s.s3, location, &d).await;
+        s.s3.assert_serves(location, &d).await;
     }
     assert_eq!(s.up.count_authorized("GET", "/blobs/"), 2);
     s.s3.assert_no_uploads().await;
@@ -241,7 +225,7 @@ async fn an_upstream_that_redirects_sends_the_client_to_its_own_url_while_the_ca
     assert_eq!(after.status, 307);
     let s3_location = after.header("location").unwrap();
     assert!(s3_location.starts_with(&s.s3.endpoint), "{s3_location}");
-    follow(&s.s3, s3_location, &d).await;
+    s.s3.assert_serves(s3_location, &d).await;
 }
 
 #[tokio::test]
@@ -251,7 +235,8 @@ async fn a_blob_copied_within_the_deadline_needs_no_hand_off_and_leaves_no_lease
     let a = s.instance().await;
     let first = get_blob(&a, &d).await;
     assert_eq!(first.status, 307, "{:?}", first.raw);
-    follow(&s.s3, first.header("location").unwrap(), &d).await;
+    s.s3.assert_serves(first.header("location").unwrap(), &d)
+        .await;
     assert_eq!(s.aws.calls().len(), 0);
     assert!(!s.has_object(&Setup::lease_key(&d)).await);
 }
@@ -294,7 +279,8 @@ async fn an_expired_lease_is_taken_over_and_a_live_one_is_respected() {
     s.clock.advance(Duration::from_secs(61));
     let taken = get_blob(&a, &d).await;
     assert_eq!(taken.status, 307, "{:?}", taken.raw);
-    follow(&s.s3, taken.header("location").unwrap(), &d).await;
+    s.s3.assert_serves(taken.header("location").unwrap(), &d)
+        .await;
     assert_eq!(s.up.count_authorized("GET", "/blobs/"), 1);
     assert!(!s.has_object(&Setup::lease_key(&d)).await);
 }
@@ -326,7 +312,8 @@ async fn a_failed_hand_off_releases_the_lease_so_a_retry_starts_over() {
     s.aws.fail_invokes_with(None);
     let retry = get_blob(&a, &d).await;
     assert_eq!(retry.status, 307, "{:?}", retry.raw);
-    follow(&s.s3, retry.header("location").unwrap(), &d).await;
+    s.s3.assert_serves(retry.header("location").unwrap(), &d)
+        .await;
 }
 
 #[tokio::test]

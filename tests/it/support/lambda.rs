@@ -3,7 +3,6 @@
 //! SDK clients send them (it checks every SigV4 signature independently of the signer; plain
 //! HTTP, or HTTPS with a private CA), and API Gateway HTTP API / function URL events built from
 //! the fixtures in `tests/fixtures/lambda/`.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use pullthrough::aws::{LambdaInvoker, SecretsManager};
 use pullthrough::cache::{Clock, FillJob, FillPolicy, Services};
-use pullthrough::config::{Config, S3Settings, Settings};
+use pullthrough::config::S3Settings;
 use pullthrough::lambda::Function;
-use pullthrough::store::s3::{S3Options, S3Store};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
@@ -438,16 +436,7 @@ fn verify_sigv4(
 /// A function instance (one Lambda execution environment) over `server`, configured by `toml`
 /// (which should hold `server.config_table(..)`), with its AWS calls going to `aws`.
 pub async fn function(toml: &str, server: &S3Server, aws: &FakeAws, clock: Arc<Clock>) -> Function {
-    let settings = Settings {
-        store: Some(format!("s3://{}", server.bucket)),
-        ..Settings::default()
-    };
-    let config = Config::from_toml(&settings, toml).expect("test config is valid");
-    let options = S3Options {
-        credentials: Some(s3::test_credentials()),
-        ..S3Options::from_config(&config).expect("an s3 store")
-    };
-    let store = S3Store::open(options).await.expect("S3 store opens");
+    let (config, store) = server.configured_store(toml).await;
     let invoker = aws.invoker();
     let services = Services {
         secrets: Some(aws.secrets_manager()),
@@ -473,9 +462,9 @@ pub enum Source {
 impl Source {
     fn fixture(self) -> &'static str {
         match self {
-            Source::HttpApi => include_str!("../fixtures/lambda/apigw-v2-get.json"),
-            Source::FunctionUrl => include_str!("../fixtures/lambda/function-url-get.json"),
-            Source::NamedStage => include_str!("../fixtures/lambda/apigw-v2-named-stage.json"),
+            Source::HttpApi => include_str!("../../fixtures/lambda/apigw-v2-get.json"),
+            Source::FunctionUrl => include_str!("../../fixtures/lambda/function-url-get.json"),
+            Source::NamedStage => include_str!("../../fixtures/lambda/apigw-v2-named-stage.json"),
         }
     }
 }

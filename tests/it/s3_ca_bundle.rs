@@ -6,20 +6,16 @@
 //! `pullthrough serve` with the variable really set (or not) in its environment, against an
 //! S3-compatible server or a fake Secrets Manager over plain HTTP or over HTTPS with a private CA.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::lambda::FakeAws;
+use crate::support::s3::{ACCESS_KEY, S3Server, SECRET_KEY, TestCa};
+use crate::support::*;
 use bytes::Bytes;
-use common::lambda::FakeAws;
-use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY, TestCa};
-use common::*;
 use pullthrough::config::S3Settings;
 use pullthrough::store::s3::{S3Options, S3Store};
 use pullthrough::store::{BlobRead, Store, StoreError, keys};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 fn one_attempt() -> S3Settings {
     S3Settings {
@@ -115,16 +111,16 @@ fn machine_bundle(scratch: &Path) -> PathBuf {
     p
 }
 
-/// A `pullthrough serve` process. Dropping it kills the process.
+/// A `pullthrough serve` process and the scratch directory of its config. Dropping it kills the
+/// process.
 struct Binary {
-    url: String,
-    _child: tokio::process::Child,
+    server: ServerProcess,
     _scratch: tempfile::TempDir,
 }
 
 /// Starts `pullthrough serve` with a clean environment: the test server's credentials in
 /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, no profile files, no instance metadata, and
-/// `AWS_CA_BUNDLE` only if given. `Err` holds the exit code and stderr of a process that
+/// `AWS_CA_BUNDLE` only if given. `Err` holds the exit code and output of a process that
 /// stopped instead of serving.
 async fn start_binary(
     config_toml: &str,
@@ -140,99 +136,57 @@ async fn start_binary_with_env(
     env: &[(&str, &str)],
 ) -> Result<Binary, (Option<i32>, String)> {
     let scratch = tempfile::tempdir().unwrap();
-    let config = scratch.path().join("pullthrough.toml");
-    std::fs::write(&config, config_toml).unwrap();
+    let config = config_file(scratch.path(), config_toml);
     let nowhere = scratch.path().join("no-such-aws-file");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("PULLTHROUGH_CONFIG", &config)
-        .env("PULLTHROUGH_STORE", format!("s3://{}", common::s3::BUCKET))
-        .env("PULLTHROUGH_LISTEN", "127.0.0.1:0")
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_CONFIG_FILE", &nowhere)
-        .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let (config, nowhere) = (config.to_str().unwrap(), nowhere.to_str().unwrap());
+    let mut all = vec![
+        ("PULLTHROUGH_CONFIG", config),
+        ("PULLTHROUGH_STORE", s3::STORE_URL),
+        ("PULLTHROUGH_LISTEN", "127.0.0.1:0"),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_CONFIG_FILE", nowhere),
+        ("AWS_SHARED_CREDENTIALS_FILE", nowhere),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("RUST_LOG", "info"),
+        ("NO_COLOR", "1"),
+    ];
     if let Some(b) = ca_bundle {
-        cmd.env("AWS_CA_BUNDLE", b);
+        all.push(("AWS_CA_BUNDLE", b.to_str().unwrap()));
     }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("spawn pullthrough");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = child.stderr.take().unwrap();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = stdout.next_line().await {
-            if line.contains("pullthrough serving")
-                && let Some(rest) = line.split("listen=").nth(1)
-            {
-                return Some(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-        None
+    all.extend_from_slice(env);
+    let (server, _log) = ServerProcess::try_start_clean(&[], &all).await?;
+    Ok(Binary {
+        server,
+        _scratch: scratch,
     })
-    .await
-    .expect("pullthrough neither served nor stopped within 30 s");
-    match found {
-        Some(addr) => {
-            // Keep draining the output so the process never blocks on a full pipe.
-            tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
-            tokio::spawn(async move {
-                let mut sink = Vec::new();
-                let _ = stderr.read_to_end(&mut sink).await;
-            });
-            Ok(Binary {
-                url: format!("http://{addr}"),
-                _child: child,
-                _scratch: scratch,
-            })
-        }
-        None => {
-            let mut err = String::new();
-            let _ = stderr.read_to_string(&mut err).await;
-            let status = child.wait().await.expect("exit status");
-            Err((status.code(), err))
-        }
-    }
 }
 
-impl Binary {
-    fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
+/// GETs `path` from the binary (following no redirect), with `authorization` if given.
+async fn get_from(bin: &Binary, path: &str, authorization: Option<&str>) -> reqwest::Response {
+    let mut req = no_redirects().get(format!("{}{path}", bin.server.url));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
     }
+    req.send().await.unwrap()
 }
 
-/// GET a blob from the binary: a 307 whose Location `follower` fetches to the exact bytes.
 /// The blob's 307 to S3: a cold blob is first streamed by the binary (checked) while it uploads;
 /// once uploaded and marked, the answer is the redirect.
 async fn redirect_to_blob(bin: &Binary, d: &str, data: &Bytes) -> reqwest::Response {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
-        let resp = bin
-            .client()
-            .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
-            .send()
-            .await
-            .unwrap();
+        let resp = get_from(bin, &format!("/v2/team/app/blobs/{d}"), None).await;
         if resp.status() == 307 {
             return resp;
         }
         assert_eq!(resp.status(), 200);
         assert_eq!(&resp.bytes().await.unwrap(), data);
-        assert!(std::time::Instant::now() < deadline, "never redirected");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        deadline.pause("never redirected").await;
     }
 }
 
+/// GETs a blob from the binary: a 307 whose Location `follower` fetches to the exact bytes.
 async fn pull_blob(bin: &Binary, follower: &reqwest::Client, d: &str, data: &Bytes) {
     let resp = redirect_to_blob(bin, d, data).await;
     let location = header(&resp, "location").unwrap().to_owned();
@@ -330,12 +284,7 @@ async fn the_binary_honours_aws_ca_bundle_for_an_https_endpoint() {
     let bin = start_binary(&toml, None)
         .await
         .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
-    let resp = bin
-        .client()
-        .get(format!("{}/v2/team/app/blobs/{d}", bin.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_from(&bin, &format!("/v2/team/app/blobs/{d}"), None).await;
     let msg = expect_oci_error(resp, 503, "UNAVAILABLE").await;
     assert!(msg.to_lowercase().contains("certificate"), "{msg}");
     assert!(server.calls().is_empty(), "{:?}", server.calls());
@@ -390,13 +339,7 @@ async fn the_binary_honours_aws_ca_bundle_for_secrets_manager() {
     let bin = start_binary_with_env(&toml, Some(aws.ca_file()), &env)
         .await
         .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
-    let resp = bin
-        .client()
-        .get(format!("{}/v2/", bin.url))
-        .header("authorization", &alice)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_from(&bin, "/v2/", Some(&alice)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(aws.count("GetSecretValue"), 1);
     assert!(aws.calls()[0].signature_ok);
@@ -407,13 +350,7 @@ async fn the_binary_honours_aws_ca_bundle_for_secrets_manager() {
     let bin = start_binary_with_env(&toml, None, &env)
         .await
         .unwrap_or_else(|(code, err)| panic!("exit {code:?}: {err}"));
-    let resp = bin
-        .client()
-        .get(format!("{}/v2/", bin.url))
-        .header("authorization", &alice)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_from(&bin, "/v2/", Some(&alice)).await;
     expect_oci_error(resp, 503, "UNAVAILABLE").await;
     assert_eq!(aws.count("GetSecretValue"), 1, "{:?}", aws.calls());
 }

@@ -2,13 +2,10 @@
 //! SigV4 signatures (headers and presigned URLs) and the fake upstream registry: blobs are
 //! answered with a 307 to a presigned URL that a client without credentials follows.
 
-mod common;
-
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::s3::S3Call;
-use common::*;
+use crate::support::s3::S3Call;
+use crate::support::*;
 use pullthrough::cache::{ServerLease, Services};
 use s3s::S3ErrorCode;
 
@@ -16,72 +13,8 @@ use s3s::S3ErrorCode;
 const SMALL_PARTS: &str = "part_size = \"8MiB\"\nparts_in_flight = 2";
 /// Most tests here are about copy-then-redirect (`[s3] stream_misses = false`: no blob bytes
 /// through the proxy). The default, cold blobs streamed from a spill file while they upload, is
-/// tested at the end of this file and, on both stores, in tests/blobs.rs.
+/// tested at the end of this file and, on both stores, in blobs.rs.
 const REDIRECT: &str = "stream_misses = false";
-
-/// GETs a blob through the proxy, asserts a 307 to the S3 server, follows the Location with a
-/// plain client (no Authorization) and checks the bytes hash to `digest`. Returns the Location.
-async fn blob_via_redirect(proxy: &Proxy, repo: &str, digest: &str) -> (String, Bytes) {
-    let resp = proxy.get(&format!("/v2/{repo}/blobs/{digest}"), None).await;
-    follow_redirect(proxy, resp, digest).await
-}
-
-/// Asserts that `resp` is a 307 to the S3 server whose presigned URL serves `digest`'s bytes.
-async fn follow_redirect(proxy: &Proxy, resp: reqwest::Response, digest: &str) -> (String, Bytes) {
-    assert_eq!(resp.status(), 307, "blob {digest}");
-    assert_eq!(header(&resp, "docker-content-digest"), Some(digest));
-    let location = header(&resp, "location").expect("Location").to_owned();
-    assert!(
-        location.starts_with(&format!("{}/{}/", proxy.s3().endpoint, proxy.s3().bucket)),
-        "{location}"
-    );
-    assert!(location.contains("X-Amz-Signature="), "{location}");
-    let client = proxy.s3().plain_client();
-    let req = client.get(&location).build().unwrap();
-    assert!(req.headers().get("authorization").is_none());
-    let follow = client.execute(req).await.expect("S3 answers");
-    assert_eq!(follow.status(), 200, "following {location}");
-    let body = follow.bytes().await.unwrap();
-    assert_eq!(sha256(&body), digest, "bytes behind the presigned URL");
-    (location, body)
-}
-
-fn manifest_blobs(manifest: &Pushed) -> Vec<String> {
-    manifest.blob_digests()
-}
-
-/// Pulls an image as a client does: index by tag, platform manifest by digest, config and
-/// layers through presigned URLs.
-async fn full_pull(proxy: &Proxy, repo: &str, tag: &str, img: &MultiArch) {
-    for (reference, expected) in [(tag, &img.index), (img.amd64.digest.as_str(), &img.amd64)] {
-        let resp = proxy
-            .get(
-                &format!("/v2/{repo}/manifests/{reference}"),
-                Some(DOCKER_CLIENT_ACCEPT),
-            )
-            .await;
-        assert_eq!(resp.status(), 200, "manifest {reference}");
-        assert_eq!(
-            header(&resp, "content-type"),
-            Some(expected.media_type.as_str())
-        );
-        assert_eq!(
-            header(&resp, "docker-content-digest"),
-            Some(expected.digest.as_str())
-        );
-        assert_eq!(resp.bytes().await.unwrap(), expected.bytes);
-    }
-    for d in manifest_blobs(&img.amd64) {
-        blob_via_redirect(proxy, repo, &d).await;
-    }
-}
-
-fn describe(up: &FakeRegistry) -> Vec<String> {
-    up.requests()
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect()
-}
 
 #[tokio::test]
 async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
@@ -91,14 +24,9 @@ async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
     full_pull(&proxy, "team/app", "v1", &img).await;
 
     // The arm64 manifest by digest, and a blob HEAD: length and digest without a body.
-    let resp = proxy
-        .get(
-            &format!("/v2/team/app/manifests/{}", img.arm64.digest),
-            Some(DOCKER_CLIENT_ACCEPT),
-        )
-        .await;
+    let resp = proxy.manifest("team/app", &img.arm64.digest).await;
     assert_eq!(resp.bytes().await.unwrap(), img.arm64.bytes);
-    let layer = &manifest_blobs(&img.amd64)[1];
+    let layer = &img.amd64.blob_digests()[1];
     let head = proxy
         .head(&format!("/v2/team/app/blobs/{layer}"), None)
         .await;
@@ -107,7 +35,7 @@ async fn an_image_pulls_through_with_blobs_redirected_to_presigned_urls() {
 
     // Every blob and manifest is in the bucket under its digest.
     let stored = proxy.s3().blob_keys("").await;
-    for d in manifest_blobs(&img.amd64).iter().chain([
+    for d in img.amd64.blob_digests().iter().chain([
         &img.index.digest,
         &img.amd64.digest,
         &img.arm64.digest,
@@ -131,7 +59,7 @@ async fn a_warm_blob_is_a_redirect_after_no_store_request_and_no_upstream_reques
     proxy.s3().clear_calls();
     let (_, again) = blob_via_redirect(&proxy, "team/app", &d).await;
     assert_eq!(again, data);
-    assert!(up.requests().is_empty(), "{:?}", describe(&up));
+    assert!(up.requests().is_empty(), "{:?}", up.request_lines());
     // The marker this process wrote is remembered: no store request at all before the 307,
     // only the client's own GET of the object (a fresh instance reads the marker once).
     let ops: Vec<_> = proxy.s3().calls().into_iter().map(|c| c.op).collect();
@@ -232,11 +160,11 @@ async fn tag_ttl_behaviour_is_unchanged_over_s3() {
     up.clear_requests();
     proxy.advance(Duration::from_secs(59));
     full_pull(&proxy, "team/app", "v1", &img).await;
-    assert!(up.requests().is_empty(), "{:?}", describe(&up));
+    assert!(up.requests().is_empty(), "{:?}", up.request_lines());
 
     proxy.advance(Duration::from_secs(2));
     full_pull(&proxy, "team/app", "v1", &img).await;
-    let reqs = describe(&up);
+    let reqs = up.request_lines();
     assert_eq!(reqs, vec!["HEAD /v2/team/app/manifests/v1"]);
 }
 
@@ -374,16 +302,14 @@ async fn another_instance_serves_the_bucket_without_token_endpoint_or_upstream()
     let other = proxy.sibling_s3(&toml).await;
     full_pull(&other, "team/app", "v1", &img).await;
     assert_eq!(
-        describe(&up),
+        up.request_lines(),
         Vec::<String>::new(),
         "a cached pull asked the upstream"
     );
 
     up.shutdown();
     other.advance(Duration::from_secs(120));
-    let resp = other
-        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    let resp = other.manifest("team/app", "v1").await;
     assert_eq!(resp.status(), 200);
     let warning = header(&resp, "warning").expect("a stale answer carries a Warning");
     assert!(
@@ -425,12 +351,7 @@ async fn throttling_and_transient_s3_errors_during_fills_are_retried() {
     assert_eq!(failed("CompleteMultipartUpload"), 1);
     assert_eq!(failed("PutObject"), 2);
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{big}")), 1);
-    let (alg, hex) = big.split_once(':').unwrap();
-    assert!(
-        s3.blob_keys("")
-            .await
-            .contains(&format!("blobs/{alg}/{hex}"))
-    );
+    assert!(s3.has_blob(&big).await);
     s3.assert_no_uploads().await;
 }
 
@@ -491,15 +412,12 @@ async fn by_default_cold_clients_stream_and_warm_ones_are_redirected() {
     assert_eq!(first.bytes().await.unwrap(), data);
     assert_eq!(joiner.bytes().await.unwrap(), data);
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 1);
-    let (alg, hex) = d.split_once(':').unwrap();
-    let key = format!("blobs/{alg}/{hex}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !proxy.s3().blob_keys("").await.contains(&key) {
-        assert!(tokio::time::Instant::now() < deadline, "never published");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let deadline = Deadline::after(Duration::from_secs(30));
+    while !proxy.s3().has_blob(&d).await {
+        deadline.pause("never published").await;
     }
     // Published and marked: a redirect from now on (the marker follows the upload).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     loop {
         let resp = proxy.get(&path, None).await;
         if resp.status() == 307 {
@@ -508,7 +426,7 @@ async fn by_default_cold_clients_stream_and_warm_ones_are_redirected() {
         }
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.bytes().await.unwrap(), data);
-        assert!(tokio::time::Instant::now() < deadline, "never redirected");
+        deadline.check("never redirected");
     }
 
     // Tampered bytes: the streamed body is cut off, nothing is uploaded or published.
@@ -519,14 +437,7 @@ async fn by_default_cold_clients_stream_and_warm_ones_are_redirected() {
         resp.bytes().await.is_err(),
         "a bad body was delivered whole"
     );
-    let (alg, hex) = bad.split_once(':').unwrap();
-    assert!(
-        !proxy
-            .s3()
-            .blob_keys("")
-            .await
-            .contains(&format!("blobs/{alg}/{hex}"))
-    );
+    assert!(!proxy.s3().has_blob(&bad).await);
     proxy.s3().assert_no_uploads().await;
 }
 
@@ -555,13 +466,9 @@ async fn a_failed_upload_still_serves_the_streaming_client_and_publishes_nothing
         })
         .await;
     // (The test server records the call just before it forgets the upload.)
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Deadline::after(Duration::from_secs(10));
     while !proxy.s3().multipart_uploads().await.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "upload never aborted"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("upload never aborted").await;
     }
     proxy.s3().assert_no_uploads().await;
     assert_eq!(proxy.s3().blob_keys("").await, Vec::<String>::new());
@@ -569,18 +476,15 @@ async fn a_failed_upload_still_serves_the_streaming_client_and_publishes_nothing
     // Once S3 recovers, a request fills the blob again (one that arrives while the failed
     // fill is still ending streams from its spill file, with the same bytes).
     proxy.s3().clear_faults();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     while up.count_authorized("GET", &format!("/blobs/{d}")) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "never filled again");
+        deadline.check("never filled again");
         let resp = proxy.get(&path, None).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.bytes().await.unwrap(), data);
     }
-    let (alg, hex) = d.split_once(':').unwrap();
-    let key = format!("blobs/{alg}/{hex}");
-    while !proxy.s3().blob_keys("").await.contains(&key) {
-        assert!(tokio::time::Instant::now() < deadline, "never published");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while !proxy.s3().has_blob(&d).await {
+        deadline.pause("never published").await;
     }
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 2);
 }
@@ -595,10 +499,9 @@ async fn with_stream_hits_stored_blobs_are_streamed_not_redirected() {
     let proxy = Proxy::start_s3_with(&up, "stream_hits = true").await;
     let path = format!("/v2/team/app/blobs/{d}");
     assert_eq!(proxy.get(&path, None).await.bytes().await.unwrap(), data);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after(Duration::from_secs(30));
     while proxy.s3().blob_keys("").await.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "never published");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("never published").await;
     }
     up.clear_requests();
     for _ in 0..2 {

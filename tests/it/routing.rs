@@ -1,9 +1,7 @@
 //! Routing (`?ns=`, path prefixes, the default upstream, Docker Hub's `library/`), hostile paths,
 //! read-only methods, tags lists and referrers.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends a request with the path exactly as given (HTTP clients normalise `..` and `%2e%2e`
@@ -372,9 +370,7 @@ async fn repositories_outside_the_allow_list_are_denied_before_any_call() {
         local_config(&up.url())
     );
     let proxy = Proxy::with_config(&toml).await;
-    let resp = proxy
-        .get("/v2/team/app/manifests/v1", Some(DOCKER_CLIENT_ACCEPT))
-        .await;
+    let resp = proxy.manifest("team/app", "v1").await;
     assert_eq!(
         header(&resp, "docker-content-digest"),
         Some(ok.index.digest.as_str())

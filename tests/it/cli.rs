@@ -1,21 +1,16 @@
 //! The real binary: `pullthrough serve` starts, answers, and refuses bad configuration with a
 //! message that says what to fix.
 
-mod common;
-
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::ServerProcess;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn serve_starts_with_the_filesystem_store_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let server = ServerProcess::start(&["--store", store.to_str().unwrap()]);
+    let server = ServerProcess::start(&["--store", store.to_str().unwrap()]).await;
     let resp = reqwest::get(format!("{}/v2/", server.url)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -46,16 +41,15 @@ fn bad_configuration_stops_with_a_message_naming_the_setting() {
         ),
     ];
     for (args, env, expected) in cases {
-        let out = bin().args(args).envs(env.iter().copied()).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        let out = run(args, env);
+        assert_eq!(out.code, Some(2), "{args:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
     }
 }
 
 /// The config for a server in front of `up` (alias `local`) with a shutdown grace of `grace`,
 /// and upstream timeouts long enough that only the shutdown ends a held-back fill.
-fn shutdown_config(up: &common::FakeRegistry, grace: &str) -> String {
+fn shutdown_config(up: &FakeRegistry, grace: &str) -> String {
     format!(
         r#"default_upstream = "local"
 shutdown_grace = "{grace}"
@@ -74,9 +68,6 @@ insecure = true
 
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_exits_0() {
-    use common::*;
-    use std::time::{Duration, Instant};
-
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let big = blob_bytes(200, 64 * 1024 * 1024);
     let slow = up.put_blob("team/app", big.clone());
@@ -92,14 +83,14 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
     );
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let config = dir.path().join("pullthrough.toml");
-    std::fs::write(&config, shutdown_config(&up, "3s")).unwrap();
+    let config = config_file(dir.path(), &shutdown_config(&up, "3s"));
     let mut server = ServerProcess::start(&[
         "--store",
         store.to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
-    ]);
+    ])
+    .await;
     let http = reqwest::Client::new();
 
     // A fill held back by its upstream, with a client streaming it.
@@ -114,13 +105,11 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
         let url = format!("{}/v2/team/app/blobs/{quick}", server.url);
         async move { reqwest::get(url).await?.bytes().await }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Deadline::after(Duration::from_secs(10));
     while up.count("GET", &quick_hex) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the quick request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        deadline
+            .pause("the quick request never reached the upstream")
+            .await;
     }
 
     let pid = server.child.id().to_string();
@@ -136,21 +125,17 @@ async fn sigterm_finishes_requests_in_flight_cuts_the_rest_after_the_grace_and_e
     assert_eq!(sha256(&body), quick);
     // No new connections once the signal has come.
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Deadline::after(Duration::from_secs(5));
     while tokio::net::TcpStream::connect(&addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("still accepting after SIGTERM").await;
     }
     // The held-back fill outlives the grace period: the server cuts it and exits 0.
+    let deadline = Deadline::after(Duration::from_secs(20));
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "still running 20 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        deadline.pause("still running 20 s after SIGTERM").await;
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(

@@ -2,14 +2,17 @@
 //! one of 20,000 requests at concurrency 64 correctly, and 100 concurrent cold pulls of one image
 //! fetch each blob and manifest from the upstream once. Figures are printed (`--nocapture`) and
 //! recorded in bench/RESULTS.md; nothing here is timed.
-
-mod common;
+//!
+//! The RSS figures are the whole test process's (every integration test shares it): they are
+//! this test's own only when it runs alone,
+//! `cargo test --test it load:: -- --nocapture --test-threads=1`. Nothing asserts on them.
 
 use std::sync::Arc;
 
-use common::*;
+use crate::support::*;
 use futures_util::StreamExt;
 
+/// The test process's resident set (shared with every test running alongside).
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

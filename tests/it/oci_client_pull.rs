@@ -1,9 +1,7 @@
 //! An independent client (the `oci-client` crate) pulls a multi-arch image through the proxy;
 //! every digest it reports is checked against the upstream's.
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use oci_client::client::{ClientConfig, ClientProtocol, linux_amd64_resolver};
 use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;

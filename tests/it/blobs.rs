@@ -2,13 +2,11 @@
 //! at all, one upstream fetch per digest, scoped per repository. The fan-out tests at the end run
 //! on both stores: every request during a fill streams from its spill file at its own pace.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 
 #[tokio::test]
 async fn blob_get_serves_exact_bytes_and_head_has_length_and_digest() {
@@ -339,16 +337,7 @@ const KINDS: [Kind; 2] = [Kind::Fs, Kind::S3];
 async fn proxy_for(kind: Kind, up: &FakeRegistry, spill: &std::path::Path) -> Proxy {
     match kind {
         Kind::Fs => Proxy::start(up).await,
-        Kind::S3 => {
-            let server = S3Server::start().await;
-            let toml = format!(
-                "{}{}\n[spill]\ndir = \"{}\"\n",
-                local_config(&up.url()),
-                server.config_table(""),
-                spill.display()
-            );
-            Proxy::with_s3_config(&toml, server).await
-        }
+        Kind::S3 => Proxy::start_s3_spilling(up, spill).await,
     }
 }
 
@@ -356,30 +345,7 @@ async fn proxy_for(kind: Kind, up: &FakeRegistry, spill: &std::path::Path) -> Pr
 async fn published(proxy: &Proxy, kind: Kind, digest: &str) -> bool {
     match kind {
         Kind::Fs => proxy.has_blob(digest),
-        Kind::S3 => {
-            let (alg, hex) = digest.split_once(':').unwrap();
-            proxy
-                .s3()
-                .blob_keys("")
-                .await
-                .contains(&format!("blobs/{alg}/{hex}"))
-        }
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds, failing after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Kind::S3 => proxy.s3().has_blob(digest).await,
     }
 }
 
@@ -651,32 +617,17 @@ async fn a_full_spill_directory_falls_back_to_copy_then_redirect() {
     let s3 = S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill");
-    let config = dir.path().join("pullthrough.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}{}\n[spill]\ndir = \"{}\"\nmax_size = \"1MiB\"\n",
-            local_config(&up.url()),
-            s3.config_table(""),
-            spill.display()
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "{}{}",
+            local_s3_config(&up.url(), &s3, ""),
+            spill_table(&spill, "max_size = \"1MiB\"\n")
         ),
-    )
-    .unwrap();
-    let store = format!("s3://{}", s3.bucket);
-    let (mut server, log) = ServerProcess::start_logged(
-        &["--store", &store, "--config", config.to_str().unwrap()],
-        &[
-            ("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY),
-            ("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY),
-            ("AWS_REGION", s3::REGION),
-            ("RUST_LOG", "warn"),
-        ],
     );
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = http
+    let (mut server, log) =
+        ServerProcess::start_logged(&s3::binary_args(&config), &s3::AWS_ENV).await;
+    let resp = no_redirects()
         .get(format!("{}/v2/team/app/blobs/{d}", server.url))
         .send()
         .await
@@ -704,14 +655,7 @@ async fn an_unusable_spill_directory_falls_back_to_copy_then_redirect() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let server = S3Server::start().await;
-    let toml = format!(
-        "{}{}\n[spill]\ndir = \"{}\"\n",
-        local_config(&up.url()),
-        server.config_table(""),
-        file.join("spill").display()
-    );
-    let proxy = Proxy::with_s3_config(&toml, server).await;
+    let proxy = Proxy::start_s3_spilling(&up, &file.join("spill")).await;
     let resp = proxy.get(&format!("/v2/team/app/blobs/{d}"), None).await;
     assert_eq!(resp.status(), 307, "copied, then redirected");
     let location = header(&resp, "location").unwrap().to_owned();

@@ -5,7 +5,6 @@
 //! authentication, injects S3 errors (503 SlowDown) on demand, tracks multipart uploads (and
 //! answers ListMultipartUploads, which `s3s-fs` 0.14 does not implement) and measures how many
 //! UploadPart calls run at once.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::Credentials;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pullthrough::config::S3Settings;
+use pullthrough::config::{Config, S3Settings, Settings};
 use pullthrough::store::s3::{S3Options, S3Store};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
@@ -27,6 +26,27 @@ pub const SECRET_KEY: &str = "pullthrough/test/secret/key/0123456789";
 pub const REGION: &str = "us-east-1";
 /// Short on purpose: s3s-fs 0.14 fails keys longer than ~155 bytes, bucket name included.
 pub const BUCKET: &str = "ptc";
+/// The store setting naming [`BUCKET`].
+pub const STORE_URL: &str = "s3://ptc";
+
+/// The test credentials and region as the real binary reads them from its environment (for S3
+/// and for the fake AWS endpoint of [`super::lambda::FakeAws`] alike).
+pub const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ("AWS_REGION", REGION),
+];
+
+/// The real binary's store and config arguments over the test server:
+/// `--store s3://ptc --config <config>` (its credentials and region: [`AWS_ENV`]).
+pub fn binary_args(config: &Path) -> [&str; 4] {
+    [
+        "--store",
+        STORE_URL,
+        "--config",
+        config.to_str().expect("a UTF-8 path"),
+    ]
+}
 
 pub fn test_credentials() -> Credentials {
     Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "pullthrough-tests")
@@ -480,6 +500,31 @@ impl S3Server {
         )
     }
 
+    /// The store a proxy configured by `toml` (which should hold [`Self::config_table`]) opens
+    /// over this server, bucket [`BUCKET`] and no prefix: options from the config as in
+    /// production (`AWS_CA_BUNDLE` included), credentials the test server's.
+    pub async fn configured_store(&self, toml: &str) -> (Config, S3Store) {
+        let settings = Settings {
+            store: Some(format!("s3://{}", self.bucket)),
+            ..Settings::default()
+        };
+        let config = Config::from_toml(&settings, toml).expect("test config is valid");
+        let options = S3Options {
+            credentials: Some(test_credentials()),
+            ..S3Options::from_config(&config).expect("an s3 store")
+        };
+        let store = S3Store::open(options).await.expect("S3 store opens");
+        (config, store)
+    }
+
+    /// Asserts that a client without credentials following `location` (a presigned URL) gets
+    /// `digest`'s bytes.
+    pub async fn assert_serves(&self, location: &str, digest: &str) {
+        let resp = self.plain_client().get(location).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{location}");
+        assert_eq!(super::sha256(&resp.bytes().await.unwrap()), digest);
+    }
+
     /// A client that follows presigned URLs: no credentials, trusts this server's CA.
     pub fn plain_client(&self) -> reqwest::Client {
         let mut b = reqwest::Client::builder();
@@ -523,6 +568,12 @@ impl S3Server {
     /// Object keys under `<prefix>blobs/`.
     pub async fn blob_keys(&self, prefix: &str) -> Vec<String> {
         self.object_keys(&format!("{prefix}blobs/")).await
+    }
+
+    /// Whether the blob `digest` is stored (no prefix).
+    pub async fn has_blob(&self, digest: &str) -> bool {
+        let key = format!("blobs/{}", digest.replace(':', "/"));
+        self.blob_keys("").await.contains(&key)
     }
 
     /// Multipart uploads in progress, as (key, upload id), asked of the server with
