@@ -17,6 +17,7 @@ mod hostile;
 mod lambda_binary;
 mod lambda_events;
 mod lambda_fill;
+mod layers;
 mod load;
 mod manifests;
 mod oci_client_pull;
