@@ -14,7 +14,7 @@ const MAX_BUCKETS: usize = 10_000;
 /// Longest user name a bucket is keyed by (longer names share the bucket of their prefix).
 const MAX_BUCKET_NAME: usize = 256;
 
-/// Bounds on the password checks of one [`ClientAuth`] (see the module documentation).
+/// Bounds on the password checks of one [`ClientAuth`](super::ClientAuth) (see the module documentation).
 pub struct Checks {
     /// bcrypt turns; tokio's semaphore serves waiters in order of arrival.
     pub(super) bcrypt: Arc<tokio::sync::Semaphore>,

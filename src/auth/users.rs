@@ -62,7 +62,7 @@ impl Users {
     }
 
     /// Checks a `user:password` pair (bcrypt: call it off the async workers, through
-    /// [`ClientAuth::check_basic`], which bounds the work).
+    /// [`ClientAuth::check_basic`](super::ClientAuth::check_basic), which bounds the work).
     pub fn check_password(&self, user: &str, password: &str, now_ms: u64) -> bool {
         if self.remembered(user, password, now_ms) {
             return true;

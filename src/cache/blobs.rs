@@ -3,7 +3,7 @@
 //! published only when digest and length match.
 //!
 //! **A fill never waits for its slowest party.** In server mode a fill copies the upstream's
-//! bytes, hashing them, into a spill file ([`crate::spill`]) at the upstream's pace: the
+//! bytes, hashing them, into a spill file ([`super::spill`]) at the upstream's pace: the
 //! filesystem store's own temporary file (adopted as the object when verified), or a file in the
 //! bounded spill directory for S3 (uploaded from there once verified). Every
 //! request for the blob during the fill, the one that started it and every joiner, with or

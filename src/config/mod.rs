@@ -149,7 +149,7 @@ impl Default for SpillSettings {
     }
 }
 
-/// Server mode: the limits of client connections (see `crate::server`).
+/// Server mode: the limits of client connections (see `crate::http::server`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// A request head (from the connection's start, or from the first byte after the previous

@@ -1,5 +1,8 @@
-//! The HTTP edge: one `/v2/{*rest}` route, typed requests parsed from the path, thin handlers that
-//! call the [`Cache`] and build responses. No cache policy lives here.
+//! The HTTP edge: one `/v2/{*rest}` route, typed requests parsed from the path ([`path`]), thin
+//! handlers that call the [`Cache`] and build responses; client authentication of requests and
+//! the `/token` endpoint (over [`crate::auth`]); the one mapping of every error to a status and an
+//! OCI error code ([`error`]); server mode's connections ([`server`]). No cache policy lives
+//! here, and the store and the upstream client are reached only through the cache.
 
 pub mod path;
 mod range;

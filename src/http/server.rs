@@ -13,7 +13,7 @@
 //! - **Idle**: a connection with no request in flight and nothing received for `idle_timeout` is
 //!   closed.
 //! - **Writes**: a write the client does not let progress (it stopped reading) fails after
-//!   `write_timeout` ([`Guarded`]), which ends the connection and drops its response body, and
+//!   `write_timeout` (`Guarded`), which ends the connection and drops its response body, and
 //!   with it whatever that body held (a store file, a fill's tee). This is the one place such
 //!   clients are cut; nothing deeper needs its own timer for them.
 //!

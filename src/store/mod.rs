@@ -1,7 +1,9 @@
 //! The store: content-addressed blobs and small pointer documents, behind one trait.
 //!
 //! Implementations: [`fs::FsStore`] (the embedded default) and [`s3::S3Store`] (a bucket, blobs
-//! served by presigned URL). Keys come only from [`keys`].
+//! served by presigned URL). Keys come only from [`keys`]. Blobs are written through a
+//! [`VerifyingStream`]; [`verify`] re-checks a whole store. Interprets no document and decides
+//! nothing about caching.
 //! Invariant of every implementation: bytes appear under a key only complete — a streamed write
 //! that ends in an error leaves nothing visible.
 
