@@ -8,7 +8,7 @@ mod auth;
 pub mod error;
 mod handlers;
 pub mod path;
-mod range;
+pub mod range;
 pub mod server;
 
 use std::sync::Arc;
