@@ -63,7 +63,13 @@ fn init_tracing(lambda: bool) {
             .without_time()
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only for a terminal: a log written to a file or a pipe (systemd, `docker
+        // logs`) stays plain text.
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
     }
 }
 

@@ -23,6 +23,31 @@ async fn serve_starts_with_the_filesystem_store_and_answers() {
     );
 }
 
+/// Logs written to a file or a pipe (systemd, `docker logs`, `> pullthrough.log`) are plain text:
+/// no terminal colour codes.
+#[tokio::test]
+async fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let (mut server, log) = ServerProcess::start_logged(
+        &["--store", store.to_str().unwrap()],
+        &[("RUST_LOG", "info")],
+    )
+    .await;
+    let resp = reqwest::get(format!("{}/v2/", server.url)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    server.kill();
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("request"),
+        "no request line in the log:\n{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log:\n{log:?}"
+    );
+}
+
 #[test]
 fn bad_configuration_stops_with_a_message_naming_the_setting() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
