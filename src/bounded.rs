@@ -50,12 +50,9 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
         self.lock().pop(key);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 }
 

@@ -73,7 +73,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
         .insert("x-pullthrough-store-calls", HeaderValue::from(store_calls));
     tracing::info!(
         %method,
-        path = %crate::oci::digest::truncate_for_message(&path),
+        path = %crate::oci::truncate_for_message(&path),
         status = resp.status().as_u16(),
         ms = started.elapsed().as_millis() as u64,
         store_calls,
