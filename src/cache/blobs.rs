@@ -23,9 +23,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::watch;
 
-use super::{Cache, Marker, Target};
-use super::{CacheError, Wanted};
-use crate::cache::spill::{Reservation, Spill, SpillError};
+use super::spill::{Reservation, Spill, SpillError};
+use super::{Cache, CacheError, Marker, Target, Wanted};
 use crate::oci::Digest;
 use crate::store::{BlobRead, RangeRequest, keys};
 use crate::store::{FillError, VerifyingStream};
