@@ -105,6 +105,9 @@ pub enum AppError {
     /// The server failed while serving (accepting connections).
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// A lifecycle command (`gc`, `purge`, `prefetch`, `ls`) failed as a whole.
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
 }
 
 /// Opens the store named by the configuration. For S3 this loads the AWS configuration
@@ -188,6 +191,20 @@ pub fn build(
     let store = Arc::new(Counted::new(store));
     let cache = Cache::with_services(config, store, clock, services)?;
     Ok((http::router(Arc::clone(&cache), auth), cache))
+}
+
+/// The cache over an existing store, without a router or listener: what the lifecycle commands
+/// (`gc`, `purge`, `prefetch`, `ls`) run against, with the same settings as `serve`.
+pub async fn open_cache(config: Config) -> Result<Arc<Cache>, AppError> {
+    let store = open_existing_store(&config).await?;
+    let services = server_services(&config).await?;
+    let store = Arc::new(Counted::new(store));
+    Ok(Cache::with_services(
+        config,
+        store,
+        Arc::default(),
+        services,
+    )?)
 }
 
 /// The SDK configuration of the Secrets Manager and Lambda clients: the S3 client's (`[s3]

@@ -50,6 +50,11 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
         self.lock().pop(key);
     }
 
+    /// Forgets every entry.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()

@@ -34,6 +34,7 @@ pub mod cache;
 pub mod config;
 pub mod http;
 pub mod lambda;
+pub mod lifecycle;
 pub mod oci;
 pub mod secrets;
 pub mod store;

@@ -22,6 +22,61 @@ enum Command {
     Serve(Settings),
     /// Check every object under blobs/ against its digest; exit 1 if any does not match.
     Verify(Settings),
+    /// Remove what no one pulled within the retention (mark and sweep); safe beside a server.
+    Gc(GcArgs),
+    /// Forget a repository, tag or digest so that the next pull goes upstream.
+    Purge(PurgeArgs),
+    /// Pull tags into the cache ahead of time (every platform, or chosen ones).
+    Prefetch(PrefetchArgs),
+    /// List cached repositories, or one repository's tags and digests.
+    Ls(LsArgs),
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// Roots (tags, digests) not pulled within this time are removed, e.g. 30d.
+    #[arg(long, default_value = "30d")]
+    older_than: String,
+    /// Unreferenced blobs younger than this stay, e.g. 1h.
+    #[arg(long, default_value = "1h")]
+    grace: String,
+    /// Then evict the least recently pulled images until the blobs fit, e.g. 200GiB.
+    #[arg(long)]
+    max_size: Option<String>,
+    /// List what would be removed, with sizes; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(clap::Args)]
+struct PurgeArgs {
+    /// `[upstream/]repo`, `repo:tag` or `repo@digest`.
+    #[arg(required = true)]
+    refs: Vec<String>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(clap::Args)]
+struct PrefetchArgs {
+    /// `[upstream/]repo:tag` or `repo@digest`.
+    #[arg(required = true)]
+    refs: Vec<String>,
+    /// `all`, or a comma-separated list of os/arch[/variant].
+    #[arg(long, default_value = "all")]
+    platform: String,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(clap::Args)]
+struct LsArgs {
+    /// `[upstream/]repo`; every repository when absent.
+    repo: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// Lambda mode takes its settings from the environment only (Lambda passes no arguments).
@@ -99,11 +154,16 @@ async fn run_lambda() -> Result<(), AppError> {
     pullthrough::app::run_lambda(&settings).await
 }
 
-/// `serve` until SIGTERM/SIGINT, or `verify` (whose status says whether every blob matched).
+/// `serve` until SIGTERM/SIGINT, `verify` (whose status says whether every blob matched), or a
+/// lifecycle command.
 async fn run(command: Command) -> Result<ExitCode, AppError> {
     let (settings, verify) = match command {
         Command::Serve(s) => (s, false),
         Command::Verify(s) => (s, true),
+        Command::Gc(args) => return run_gc(args).await,
+        Command::Purge(args) => return run_purge(args).await,
+        Command::Prefetch(args) => return run_prefetch(args).await,
+        Command::Ls(args) => return run_ls(args).await,
     };
     let config = Config::load(&settings)?;
     if verify {
@@ -165,4 +225,42 @@ async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, A
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `gc`: prints what was removed (or would be, with `--dry-run`) and the totals.
+async fn run_gc(args: GcArgs) -> Result<ExitCode, AppError> {
+    let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
+    let options = pullthrough::lifecycle::GcOptions {
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let _ = (args.older_than, args.grace, args.max_size); // the gc helper parses these
+    let report = pullthrough::lifecycle::gc(&cache, &options).await?;
+    println!("{report:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `purge`: prints what was forgotten.
+async fn run_purge(args: PurgeArgs) -> Result<ExitCode, AppError> {
+    let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
+    let report = pullthrough::lifecycle::purge(&cache, &args.refs).await?;
+    println!("{report:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `prefetch`: prints what was warmed; the status is 1 if any reference failed.
+async fn run_prefetch(args: PrefetchArgs) -> Result<ExitCode, AppError> {
+    let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
+    let platforms = args.platform.parse()?;
+    let report = pullthrough::lifecycle::prefetch(&cache, &args.refs, &platforms).await?;
+    println!("{report:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ls`: cached repositories, or one repository's tags and digests.
+async fn run_ls(args: LsArgs) -> Result<ExitCode, AppError> {
+    let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
+    let listing = pullthrough::lifecycle::ls(&cache, args.repo.as_deref()).await?;
+    println!("{listing:?}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -76,8 +76,10 @@ impl Cache {
                 let Some(answer) = self.cached_manifest(target, &digest).await? else {
                     return self.fetch_tag(target, tag, accept).await;
                 };
+                let now = self.clock.now_ms();
                 let refreshed = TagPointer {
-                    checked_at: self.clock.now_ms(),
+                    checked_at: now,
+                    last_pulled: Some(now),
                     ..pointer
                 };
                 self.write_json(&key, &refreshed).await?;
@@ -197,6 +199,7 @@ impl Cache {
                     size: answer.bytes.len() as u64,
                     checked_at: this.clock.now_ms(),
                     manifest: inline_copy(&answer.bytes),
+                    last_pulled: Some(this.clock.now_ms()),
                 };
                 this.write_json(&key, &pointer).await?;
                 this.tags.insert(key.as_str(), pointer);
@@ -352,6 +355,7 @@ impl Cache {
             media_type: Some(media_type.clone()),
             size: fetched.bytes.len() as u64,
             manifest: inline_copy(&fetched.bytes),
+            last_pulled: None,
         };
         self.write_marker(target, &digest, &marker).await?;
         self.manifests.insert(

@@ -50,6 +50,10 @@ impl ManifestMemory {
             .then(|| (e.bytes.clone(), e.media_type.clone()))
     }
 
+    pub fn clear(&self) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = ManifestInner::default();
+    }
+
     pub fn insert(&self, repo: &str, digest: &Digest, bytes: Bytes, media_type: &str) {
         if bytes.len() > self.budget / 4 {
             return;
@@ -100,6 +104,10 @@ impl TagMemory {
     pub fn insert(&self, key: &str, pointer: TagPointer) {
         self.0.insert(key.to_owned(), pointer);
     }
+
+    pub fn clear(&self) {
+        self.0.clear();
+    }
 }
 
 /// Blob markers (`<upstream>/<repo>@<digest>` → size), bounded by count.
@@ -120,6 +128,10 @@ impl BlobMarkerMemory {
 
     pub fn insert(&self, key: &str, size: u64) {
         self.0.insert(key.to_owned(), size);
+    }
+
+    pub fn clear(&self) {
+        self.0.clear();
     }
 }
 

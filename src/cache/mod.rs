@@ -63,6 +63,10 @@ pub struct TagPointer {
     /// on an instance with cold memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// When a client last pulled through this tag, in Unix milliseconds (gc's liveness). Absent
+    /// in pointers written before it existed: gc then goes by `checked_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pulled: Option<u64>,
 }
 
 /// Manifests up to this size are copied into tag pointers and markers. Larger ones are read from
@@ -95,6 +99,11 @@ pub struct Marker {
     /// A small manifest's bytes, as in [`TagPointer::manifest`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// When a client last pulled this digest from this repository, in Unix milliseconds (gc's
+    /// liveness). Absent in markers written before it existed: gc then goes by the object's
+    /// modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pulled: Option<u64>,
 }
 
 impl Marker {
@@ -103,6 +112,7 @@ impl Marker {
             media_type: None,
             size,
             manifest: None,
+            last_pulled: None,
         }
     }
 }
@@ -280,6 +290,20 @@ impl Cache {
         &self.config
     }
 
+    /// The store this cache keeps its bytes and documents in (for the lifecycle commands).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Forgets everything this process remembers of the store (manifests, tag pointers, blob
+    /// markers): after a gc or purge removed objects, the next requests read the store again and
+    /// refill what is gone.
+    pub fn forget_all(&self) {
+        self.manifests.clear();
+        self.tags.clear();
+        self.blob_markers.clear();
+    }
+
     /// The cache's clock, in Unix milliseconds (tests move it forward).
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -400,6 +424,17 @@ impl Cache {
         marker: &Marker,
     ) -> Result<(), CacheError> {
         let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
+        // A marker is written when a client pulls its digest: that is its last pull.
+        let stamped;
+        let marker = if marker.last_pulled.is_none() {
+            stamped = Marker {
+                last_pulled: Some(self.clock.now_ms()),
+                ..marker.clone()
+            };
+            &stamped
+        } else {
+            marker
+        };
         self.write_json(&key, marker).await?;
         if marker.media_type.is_none() {
             self.blob_markers
