@@ -688,9 +688,11 @@ $PT_STORE_TOML
 EOF
 }
 
+# The admin API (/_pullthrough/) is on in these runs: the lifecycle checks use it.
+ADMIN_TOKEN=e2e-admin-token-0123456789abcdef-0123456789
 start_proxy() {
     echo "==== pullthrough start (store $PT_STORE) ====" >>"$PT_LOG"
-    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} start_bg "pullthrough on $PROXY" "$PT_LOG" \
+    PULLTHROUGH_ADMIN_TOKEN=$ADMIN_TOKEN NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} start_bg "pullthrough on $PROXY" "$PT_LOG" \
         "$BIN" serve --listen "$PROXY" --store "$PT_STORE" --config "$WORK/pullthrough.toml"
     PT_PID=$LAST_PID
     wait_http "http://$PROXY/v2/" "$PT_PID" pullthrough
@@ -1091,6 +1093,96 @@ warm_store_calls() {
     [[ -n $n && $n -le 1 ]]
 }
 
+# --- operations: health, metrics, the admin API and the lifecycle commands beside the server ---
+
+# pt_cli COMMAND [ARGS...]: the pullthrough binary on the proxy's store and configuration.
+pt_cli() { timeout "$CLIENT_TIMEOUT" "$BIN" "$@" --store "$PT_STORE" --config "$WORK/pullthrough.toml"; }
+
+# admin OPERATION JSON: POST to the admin API with the token; the JSON report on stdout.
+admin() {
+    curl -sSf -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        --data "$2" "http://$PROXY/_pullthrough/$1"
+    echo
+}
+
+ops_health_metrics() {
+    curl -sSf "http://$PROXY/healthz"
+    echo
+    curl -sSf "http://$PROXY/readyz"
+    echo
+    curl -sSf "http://$PROXY/metrics" >"$CUR_OUT.metrics"
+    # Every line is a comment or `name{labels} value` (the Rust tests parse it with a real parser).
+    if grep -vE '^(#.*|[a-z_]+(\{[^}]*\})? [-+0-9.eE]+|[a-z_]+(\{[^}]*\})? [+-]?Inf|)$' "$CUR_OUT.metrics"; then
+        echo "lines above are not Prometheus text format"
+        return 1
+    fi
+    grep -E '^pullthrough_cache_lookups_total\{.*result="hit"' "$CUR_OUT.metrics"
+    grep -E '^pullthrough_upstream_requests_total\{' "$CUR_OUT.metrics" | head -n 5
+    grep -E '^pullthrough_requests_total\{' "$CUR_OUT.metrics" | head -n 5
+}
+
+ops_admin_refuses() {
+    local code
+    code=$(curl -s -o "$CUR_OUT.b" -w '%{http_code}' -X POST --data '{"refs":["x:y"]}' \
+        "http://$PROXY/_pullthrough/purge")
+    cat "$CUR_OUT.b"
+    echo
+    [[ $code == 401 ]]
+    code=$(curl -s -o "$CUR_OUT.b" -w '%{http_code}' -X POST -H "Authorization: Bearer ${ADMIN_TOKEN}x" \
+        --data '{"refs":["x:y"]}' "http://$PROXY/_pullthrough/purge")
+    [[ $code == 401 ]]
+}
+
+ops_gc_keeps_live() {
+    # Everything was pulled minutes ago: gc with the default retention keeps all a pull needs.
+    local before
+    pt_cli gc | tail -n 5
+    pt_cli verify | tail -n 2
+    pt_cli ls | head -n 20
+    before=$(lines "$UP_LOG")
+    copy_check "$MULTIARCH_REPO:$MULTIARCH_TAG" "$MULTIARCH_DIGEST"
+    copy_check "$BIG_REPO:$BIG_TAG" "$BIG_DIGEST"
+    since "$UP_LOG" "$before" | grep -E "$ANY_V2" || true
+    [[ $(since "$UP_LOG" "$before" | count "$ANY_V2") == 0 ]]
+}
+
+ops_purge_refetches() {
+    # Purged through the admin API (the server forgets it too): the next pull asks the upstream.
+    local before
+    admin purge "{\"refs\":[\"$MULTIARCH_REPO:$MULTIARCH_TAG\"]}"
+    before=$(lines "$UP_LOG")
+    copy_check "$MULTIARCH_REPO:$MULTIARCH_TAG" "$MULTIARCH_DIGEST"
+    since "$UP_LOG" "$before" | grep -E "$ANY_V2" || true
+    [[ $(since "$UP_LOG" "$before" | count "\"GET /v2/$MULTIARCH_REPO/manifests/$MULTIARCH_TAG ") == 1 ]]
+}
+
+ops_gc_evicts_and_refills() {
+    # A size limit of one byte and no grace evicts every image; verify accepts the store, and a
+    # pull refills from the upstream, fetching each blob once.
+    local before layer
+    admin gc '{"olderThan":"30d","grace":"0s","maxSize":"1"}' | head -c 600
+    echo
+    pt_cli verify | tail -n 2
+    layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' \
+        "$BIG_PATH/blobs/sha256/${BIG_DIGEST#sha256:}")
+    before=$(lines "$UP_LOG")
+    copy_check "$BIG_REPO:$BIG_TAG" "$BIG_DIGEST"
+    since "$UP_LOG" "$before" | grep -E "$ANY_V2" || true
+    [[ $(since "$UP_LOG" "$before" | count "\"GET /v2/$BIG_REPO/blobs/$layer ") == 1 ]]
+    pt_cli verify | tail -n 2
+}
+
+ops_prefetch() {
+    # prefetch (the command, beside the server) warms every platform of the index.
+    pt_cli prefetch "$MULTIARCH_REPO:$MULTIARCH_TAG" "$MANYLAYERS_REPO:$MANYLAYERS_TAG"
+}
+
+ops_prefetched_pull_upstream_down() {
+    # The upstream is stopped (by the caller): what prefetch stored pulls whole.
+    copy_check "$MULTIARCH_REPO:$MULTIARCH_TAG" "$MULTIARCH_DIGEST"
+    copy_check "$MANYLAYERS_REPO:$MANYLAYERS_TAG" "$MANYLAYERS_DIGEST"
+}
+
 snapshot_logs() {
     UP_BEFORE=$(lines "$UP_LOG")
     SEC_BEFORE=$(lines "$SEC_LOG")
@@ -1175,6 +1267,23 @@ test_store() {
     check "$p restarted: zero manifest GETs to the upstreams" warm_no_manifest_gets
     check "$p restarted: zero upstream requests of any kind" warm_no_upstream_at_all
     log "$p restarted round took $((SECONDS - t))s"
+
+    # -- operations: health, metrics, admin API, gc, purge, prefetch beside the live server
+    STAGE="store $STORE: operations"
+    log "$p operations ($(elapsed))"
+    CUR_OUT=$WORK/out/$STORE-ops
+    check "$p /healthz, /readyz, /metrics (Prometheus text, hits counted)" ops_health_metrics
+    check "$p admin API refuses a missing or wrong token (401)" ops_admin_refuses
+    check "$p gc (default retention) keeps every live image: 0 upstream requests after" ops_gc_keeps_live
+    check "$p purge through the admin API: the next pull asks the upstream" ops_purge_refetches
+    check "$p gc --max-size evicts everything; verify accepts the store; a pull refills" \
+        ops_gc_evicts_and_refills
+    check "$p prefetch of a multi-arch tag and a 24-layer image" ops_prefetch
+    STAGE="store $STORE: stopping the upstream (prefetched)"
+    stop_pid "$UP_PID"
+    check "$p prefetched images pull whole with the upstream down" ops_prefetched_pull_upstream_down
+    STAGE="store $STORE: restarting the upstream"
+    start_upstream
 
     check "$p no panic in the pullthrough log" no_panics
     stop_proxy
