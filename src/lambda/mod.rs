@@ -71,7 +71,7 @@ impl Function {
             Kind::Http => {
                 let request: LambdaRequest = serde_json::from_str(event).map_err(|e| {
                     format!(
-                        "not an API Gateway HTTP API (2.0) or function URL event, nor a fill, gc or prefetch event: {e}"
+                        "not an API Gateway HTTP API (2.0) or function URL event, nor a fill event, a gc event or a prefetch event: {e}"
                     )
                 })?;
                 Ok(self.http(request).await)
