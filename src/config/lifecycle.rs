@@ -107,7 +107,7 @@ fn in_range(
     }
 }
 
-/// A retention (`30d`), within [`GC_OLDER_THAN`].
+/// A retention (`30d`), within `GC_OLDER_THAN`.
 pub fn gc_older_than(text: &str) -> Result<Duration, GcValueError> {
     in_range(
         text,
@@ -116,17 +116,17 @@ pub fn gc_older_than(text: &str) -> Result<Duration, GcValueError> {
     )
 }
 
-/// A grace (`1h`), within [`GC_GRACE`].
+/// A grace (`1h`), within `GC_GRACE`.
 pub fn gc_grace(text: &str) -> Result<Duration, GcValueError> {
     in_range(text, &GC_GRACE, "use 1m to 30d")
 }
 
-/// A period (`1d`), within [`GC_INTERVAL`].
+/// A period (`1d`), within `GC_INTERVAL`.
 pub fn gc_interval(text: &str) -> Result<Duration, GcValueError> {
     in_range(text, &GC_INTERVAL, "use 1s to 30d, or leave it unset")
 }
 
-/// A size bound (`200GiB` or bytes), at least [`GC_MIN_MAX_SIZE`].
+/// A size bound (`200GiB` or bytes), at least `GC_MIN_MAX_SIZE`.
 pub fn gc_max_size(text: &str) -> Result<u64, GcValueError> {
     let n = parse_size(text)?;
     if n < GC_MIN_MAX_SIZE {
