@@ -310,3 +310,63 @@ pub async fn lambda_function(
     let (router, cache) = build(config, store, Arc::new(Clock::default()), services)?;
     Ok(lambda::Function::new(router, cache))
 }
+
+/// Server mode's periodic gc, running while this value lives (dropping it stops the task).
+pub struct PeriodicGc {
+    runs: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PeriodicGc {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl PeriodicGc {
+    /// How many runs have ended so far (with a report or an error); tests wait on it.
+    pub fn runs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.runs.clone()
+    }
+}
+
+/// Starts gc every `[gc] interval` over `cache` with the configured retention, grace and size
+/// bound, when an interval is configured (`None` otherwise). The first run is one interval after
+/// the start (a restart loop does not gc each time); runs follow one another, never two at once
+/// (a run longer than the interval delays the next). Each run logs a summary line; a failed run
+/// is logged and the next one runs as planned.
+pub fn periodic_gc(cache: &Arc<Cache>) -> Option<PeriodicGc> {
+    let settings = cache.config().gc.clone();
+    let interval = settings.interval?;
+    let options = crate::lifecycle::GcOptions {
+        older_than: settings.older_than,
+        grace: settings.grace,
+        max_size: settings.max_size,
+        dry_run: false,
+    };
+    tracing::info!(?interval, ?options, "periodic gc on");
+    let (tx, runs) = tokio::sync::watch::channel(0u64);
+    let cache = Arc::clone(cache);
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let started = std::time::Instant::now();
+            match crate::lifecycle::gc(&cache, &options).await {
+                Ok(report) => tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    report = %serde_json::to_string(&report).unwrap_or_default(),
+                    "periodic gc done"
+                ),
+                Err(e) => tracing::error!(
+                    ms = started.elapsed().as_millis() as u64,
+                    error = %e,
+                    "periodic gc failed; the next run is in {interval:?}"
+                ),
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    Some(PeriodicGc { runs, task })
+}

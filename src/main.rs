@@ -174,7 +174,8 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
     let services = pullthrough::server_services(&config).await?;
     let listen = config.listen;
     let limits = config.connections.clone();
-    let (router, _) = pullthrough::build(config, store, Arc::default(), services)?;
+    let (router, cache) = pullthrough::build(config, store, Arc::default(), services)?;
+    let _gc = pullthrough::app::periodic_gc(&cache);
     let listener = pullthrough::app::bind(listen).await?;
     // The bound address, not the configured one: with port 0 this says which port was chosen.
     let listen = listener.local_addr().unwrap_or(listen);

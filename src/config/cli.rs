@@ -40,6 +40,21 @@ pub struct Settings {
     /// are accepted by all. Random per process when unset.
     #[arg(long, env = "PULLTHROUGH_TOKEN_KEY", hide_env_values = true)]
     pub token_key: Option<String>,
+    /// Token of the admin API under /_pullthrough/ (32+ characters); the API is off when unset.
+    #[arg(long, env = "PULLTHROUGH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Server mode: run gc this often, e.g. 1d (default: off).
+    #[arg(long, env = "PULLTHROUGH_GC_INTERVAL")]
+    pub gc_interval: Option<String>,
+    /// gc's retention: images not pulled within it go, e.g. 30d (default).
+    #[arg(long, env = "PULLTHROUGH_GC_OLDER_THAN")]
+    pub gc_older_than: Option<String>,
+    /// gc's grace for unreferenced blobs, e.g. 1h (default).
+    #[arg(long, env = "PULLTHROUGH_GC_GRACE")]
+    pub gc_grace: Option<String>,
+    /// gc's size bound: evict least recently pulled images until the blobs fit, e.g. 200GiB.
+    #[arg(long, env = "PULLTHROUGH_GC_MAX_SIZE")]
+    pub gc_max_size: Option<String>,
     /// Lambda mode: how long a blob miss is copied while the client waits, e.g. 20s.
     #[arg(long, env = "PULLTHROUGH_FILL_DEADLINE")]
     pub fill_deadline: Option<String>,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::RepoPattern;
+use super::lifecycle::FileGc;
 use super::parse::{
     FileSize, check_secret_arn, duration_setting, parse_duration, parse_upstream_url,
 };
@@ -47,6 +48,7 @@ pub(super) struct FileConfig {
     pub(super) upstream: Vec<FileUpstream>,
     pub(super) s3: Option<FileS3>,
     pub(super) spill: Option<FileSpill>,
+    pub(super) gc: Option<FileGc>,
 }
 
 #[derive(Debug, Deserialize)]

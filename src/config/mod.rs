@@ -7,6 +7,7 @@
 //! - `file`: the TOML schema and its tables (`[[upstream]]`, `[s3]`, `[spill]`);
 //! - `builtins`: the upstreams known without any configuration (`docker.io`, `ghcr.io`, …);
 //! - `auth`: client authentication and upstream credentials from the environment;
+//! - `lifecycle`: the admin API's token and gc's settings (`[gc]`), and the ranges of gc's values;
 //! - `resolve`: defaults, then the file, then the settings, checked into one [`Config`];
 //! - `parse`: the value grammars (sizes, durations, store locations, URLs, secret ARNs).
 //!
@@ -19,6 +20,7 @@ mod builtins;
 mod cli;
 mod file;
 mod htpasswd;
+mod lifecycle;
 mod parse;
 mod pattern;
 mod resolve;
@@ -26,6 +28,9 @@ mod resolve;
 pub use auth::credentials_env_prefix;
 pub use cli::Settings;
 pub use htpasswd::{Htpasswd, HtpasswdError};
+pub use lifecycle::{
+    AdminToken, GcSettings, GcValueError, gc_grace, gc_interval, gc_max_size, gc_older_than,
+};
 pub use parse::{ValueError, check_secret_arn, parse_duration, parse_size, secret_arn_region};
 pub use pattern::{PatternError, RepoPattern, allowed};
 
@@ -112,6 +117,11 @@ pub struct Config {
     pub auth: ClientAuthSetting,
     /// Signing key for client tokens (`PULLTHROUGH_TOKEN_KEY`).
     pub token_key: Option<String>,
+    /// The admin API's bearer token (`PULLTHROUGH_ADMIN_TOKEN`); `None`: no admin API (every
+    /// `/_pullthrough/` path is 404).
+    pub admin_token: Option<AdminToken>,
+    /// gc's retention, grace and size bound, and server mode's period (the `[gc]` table).
+    pub gc: GcSettings,
     /// How to reach the bucket of an `s3://` store (the `[s3]` table); unused by the filesystem
     /// store.
     pub s3: S3Settings,

@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use super::auth::{credentials_from_env, parse_client_auth};
 use super::file::{FileConfig, s3_from_file, spill_from_file, upstream_from_file};
+use super::lifecycle::gc_settings;
 use super::parse::{
     count_setting, duration_setting, host_port, parse_duration, parse_store, parse_upstream_url,
     size_setting,
 };
 use super::{
-    AuthLimits, Config, ConfigError, ConnectionLimits, S3Settings, Settings, SpillSettings,
-    UpstreamConfig, builtins, err,
+    AdminToken, AuthLimits, Config, ConfigError, ConnectionLimits, S3Settings, Settings,
+    SpillSettings, UpstreamConfig, builtins, err,
 };
 
 /// The configuration from `s` (flags and environment) over `file` over the defaults.
-pub(super) fn resolve(s: &Settings, file: FileConfig) -> Result<Config, ConfigError> {
+pub(super) fn resolve(s: &Settings, mut file: FileConfig) -> Result<Config, ConfigError> {
     let connections = connection_limits(s, &file)?;
     let auth_limits = auth_limits(s, &file)?;
     let listen_text = s
@@ -102,6 +103,12 @@ pub(super) fn resolve(s: &Settings, file: FileConfig) -> Result<Config, ConfigEr
     if token_key.as_ref().is_some_and(|k| k.len() < 32) {
         return Err(err("PULLTHROUGH_TOKEN_KEY: use at least 32 characters"));
     }
+    // Empty means unset: a template may pass an empty parameter through.
+    let admin_token = match s.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(AdminToken::parse(t)?),
+        None => None,
+    };
+    let gc = gc_settings(s, file.gc.take())?;
 
     let mut upstreams: Vec<UpstreamConfig> = builtins::upstreams();
     for u in file.upstream {
@@ -183,6 +190,8 @@ pub(super) fn resolve(s: &Settings, file: FileConfig) -> Result<Config, ConfigEr
         memory_cache_bytes: file.memory_cache_bytes.unwrap_or(64 * 1024 * 1024),
         auth,
         token_key,
+        admin_token,
+        gc,
         fill_deadline,
         connections,
         auth_limits,

@@ -1,9 +1,11 @@
 //! The HTTP edge: one `/v2/{*rest}` route, typed requests parsed from the path ([`path`]), thin
 //! handlers that call the [`Cache`] and build responses; client authentication of requests and
 //! the `/token` endpoint (over [`crate::auth`]); the one mapping of every error to a status and an
-//! OCI error code ([`error`]); server mode's connections ([`server`]). No cache policy lives
+//! OCI error code ([`error`]); the admin API under `/_pullthrough/` ([`admin`]); server mode's
+//! connections ([`server`]). No cache policy lives
 //! here, and the store and the upstream client are reached only through the cache.
 
+pub mod admin;
 mod auth;
 pub mod error;
 mod handlers;
@@ -45,8 +47,13 @@ pub fn router(cache: Arc<Cache>, auth: Option<Arc<ClientAuth>>) -> Router {
         .route("/v2/", any(base))
         .route("/v2/{*rest}", any(dispatch))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let admin = match &state.cache.config().admin_token {
+        Some(t) => admin::routes(t),
+        None => Router::new(),
+    };
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/token", any(token))
         .fallback(|| async {
             Error::not_found(

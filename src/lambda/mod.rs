@@ -12,6 +12,11 @@
 //! - **Fill** events `{"fill": {upstream, repo, digest, lease}}`, sent by this function to itself
 //!   (`Invoke`, `InvocationType=Event`) when a blob copy outlives the request's deadline; see
 //!   [`crate::cache::FillJob`]; the sending side is [`handoff`].
+//! - **Scheduled operations** `{"gc": {"olderThan":"30d","dryRun":false}}` and
+//!   `{"prefetch": {"refs":[…],"platforms":"all"}}` (EventBridge schedules of the SAM template,
+//!   or `aws lambda invoke`), with the admin API's request shapes; the payload is
+//!   `{"gc": report}` or `{"prefetch": report}`. They run up to the function's timeout, not API
+//!   Gateway's 30 s.
 //!
 //! Everything is built once, at init (by `crate::app`, from the configuration), without network
 //! I/O (the S3, Lambda and Secrets Manager clients resolve credentials on first use), and reused
@@ -38,7 +43,7 @@ use tower::ServiceExt;
 use crate::cache::Cache;
 use crate::http::error::{Code, Error};
 use encoding::encode_error;
-use events::{FillEvent, is_fill_event};
+use events::{FillEvent, GcEvent, Kind, PrefetchEvent, kind};
 
 /// The runtime loop failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,24 +64,67 @@ impl Function {
 
     /// Handles one event (its raw JSON) and returns the response payload.
     pub async fn handle(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
-        if is_fill_event(event) {
-            let FillEvent { fill } =
-                serde_json::from_str(event).map_err(|e| format!("malformed fill event: {e}"))?;
-            return match self.cache.fill_job(&fill).await {
-                Ok(outcome) => {
-                    tracing::info!(digest = %fill.digest, ?outcome, "fill event done");
-                    Ok(serde_json::json!({ "fill": outcome }))
-                }
-                // An error makes Lambda retry the event (the lease lets a retry continue).
-                Err(e) => Err(format!("fill {} failed: {e}", fill.digest).into()),
-            };
+        match kind(event) {
+            Kind::Fill => self.fill(event).await,
+            Kind::Gc => self.gc(event).await,
+            Kind::Prefetch => self.prefetch(event).await,
+            Kind::Http => {
+                let request: LambdaRequest = serde_json::from_str(event).map_err(|e| {
+                    format!(
+                        "not an API Gateway HTTP API (2.0) or function URL event, nor a fill event, a gc event or a prefetch event: {e}"
+                    )
+                })?;
+                Ok(self.http(request).await)
+            }
         }
-        let request: LambdaRequest = serde_json::from_str(event).map_err(|e| {
-            format!(
-                "not an API Gateway HTTP API (2.0) or function URL event, nor a fill event: {e}"
-            )
-        })?;
-        Ok(self.http(request).await)
+    }
+
+    /// `{"fill": …}`: finishes a blob copy handed over by a request.
+    async fn fill(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
+        let FillEvent { fill } =
+            serde_json::from_str(event).map_err(|e| format!("malformed fill event: {e}"))?;
+        match self.cache.fill_job(&fill).await {
+            Ok(outcome) => {
+                tracing::info!(digest = %fill.digest, ?outcome, "fill event done");
+                Ok(serde_json::json!({ "fill": outcome }))
+            }
+            // An error makes Lambda retry the event (the lease lets a retry continue).
+            Err(e) => Err(format!("fill {} failed: {e}", fill.digest).into()),
+        }
+    }
+
+    /// `{"gc": …}`: one gc with the event's options over the configured `[gc]` ones. An error
+    /// fails the invocation (it shows in the function's `Errors` metric).
+    async fn gc(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
+        let GcEvent { gc } =
+            serde_json::from_str(event).map_err(|e| format!("malformed gc event: {e}"))?;
+        let options = gc
+            .options(&self.cache.config().gc)
+            .map_err(|e| format!("gc event: {e}"))?;
+        tracing::info!(?options, "gc event");
+        let report = crate::lifecycle::gc(&self.cache, &options)
+            .await
+            .map_err(|e| format!("gc failed: {e}"))?;
+        let report = serde_json::to_value(&report)?;
+        tracing::info!(report = %report, "gc event done");
+        Ok(serde_json::json!({ "gc": report }))
+    }
+
+    /// `{"prefetch": …}`: warms the event's references. The report names the references that
+    /// failed; only a failure of the whole operation fails the invocation.
+    async fn prefetch(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
+        let PrefetchEvent { prefetch } =
+            serde_json::from_str(event).map_err(|e| format!("malformed prefetch event: {e}"))?;
+        let platforms = prefetch
+            .platforms()
+            .map_err(|e| format!("prefetch event: {e}"))?;
+        tracing::info!(refs = ?prefetch.refs, "prefetch event");
+        let report = crate::lifecycle::prefetch(&self.cache, &prefetch.refs, &platforms)
+            .await
+            .map_err(|e| format!("prefetch failed: {e}"))?;
+        let report = serde_json::to_value(&report)?;
+        tracing::info!(report = %report, "prefetch event done");
+        Ok(serde_json::json!({ "prefetch": report }))
     }
 
     /// An HTTP event through the router, answered in the payload format 2.0 response shape

@@ -376,3 +376,161 @@ async fn events_that_are_neither_http_nor_fill_are_invocation_errors() {
         assert!(f.handle(event).await.is_err(), "{event}");
     }
 }
+
+// ---- Scheduled operations: `{"gc": …}` and `{"prefetch": …}` events (DESIGN §10). ----
+
+/// The real binary in Lambda mode against the local runtime API, over `s3` and `up`.
+struct LambdaBinary(std::process::Child);
+
+impl Drop for LambdaBinary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn lambda_binary(
+    api: &crate::support::runtime_api::RuntimeApi,
+    aws: &FakeAws,
+    s3: &S3Server,
+    up: &FakeRegistry,
+) -> LambdaBinary {
+    let config_toml = format!("{}{}", local_config(&up.url()), s3.config_table(""));
+    LambdaBinary(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
+            .env(
+                "AWS_LAMBDA_FUNCTION_NAME",
+                crate::support::lambda::FUNCTION_NAME,
+            )
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .envs(s3::AWS_ENV)
+            .env("AWS_ENDPOINT_URL_LAMBDA", &aws.url)
+            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
+            .env("PULLTHROUGH_STORE", format!("s3://{}", s3.bucket))
+            .env("PULLTHROUGH_CONFIG_TOML", config_toml)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the binary"),
+    )
+}
+
+#[tokio::test]
+async fn gc_and_prefetch_events_through_the_runtime_api_return_json_reports() {
+    use crate::support::runtime_api::{Outcome, RuntimeApi};
+    use std::time::Duration;
+
+    let s = Setup::new(FakeOptions::default()).await;
+    push_oci_index(&s.up, "team/app", "v1", 81);
+    let api = RuntimeApi::start().await;
+    let _child = lambda_binary(&api, &s.aws, &s.s3, &s.up);
+    let invoke = |event: serde_json::Value| {
+        let api = &api;
+        async move { api.invoke(&event, Duration::from_secs(60)).await }
+    };
+
+    for (event, key) in [
+        (
+            serde_json::json!({"gc": {"olderThan": "30d", "dryRun": true}}),
+            "gc",
+        ),
+        (serde_json::json!({"gc": {}}), "gc"),
+        (
+            serde_json::json!({"prefetch": {"refs": ["team/app:v1"], "platforms": "all"}}),
+            "prefetch",
+        ),
+        (
+            serde_json::json!({"prefetch": {"refs": ["team/app:v1"]}}),
+            "prefetch",
+        ),
+    ] {
+        match invoke(event.clone()).await {
+            Outcome::Response(body) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON payload");
+                assert!(v[key].is_object(), "{event}: {v}");
+                assert_eq!(v.as_object().unwrap().len(), 1, "{event}: {v}");
+            }
+            Outcome::Error(e) => panic!("{event}: {}", String::from_utf8_lossy(&e)),
+        }
+    }
+    // A malformed event fails the invocation with a message naming the problem.
+    for (event, says) in [
+        (serde_json::json!({"gc": {"olderThan": "5m"}}), "olderThan"),
+        (
+            serde_json::json!({"gc": {"retention": "30d"}}),
+            "unknown field",
+        ),
+        (
+            serde_json::json!({"prefetch": {"refs": []}}),
+            "at least one",
+        ),
+        (
+            serde_json::json!({"prefetch": {"refs": ["a:b"]}, "extra": 1}),
+            "unknown field",
+        ),
+    ] {
+        match invoke(event.clone()).await {
+            Outcome::Error(e) => {
+                let e = String::from_utf8_lossy(&e);
+                assert!(e.contains(says), "{event}: {e}");
+            }
+            Outcome::Response(body) => {
+                panic!("{event}: answered {}", String::from_utf8_lossy(&body))
+            }
+        }
+    }
+}
+
+/// Needs the lifecycle code: a prefetch event warms the image (the next pull makes no upstream
+/// request), and a gc event a month later removes it from the bucket.
+#[tokio::test]
+async fn a_prefetch_event_warms_an_image_and_a_gc_event_collects_it() {
+    let s = Setup::new(FakeOptions::default()).await;
+    let img = push_oci_index(&s.up, "team/app", "v1", 82);
+    let clock = Arc::new(Clock::default());
+    let f = function(&s.toml(""), &s.s3, &s.aws, Arc::clone(&clock)).await;
+
+    let out = f
+        .handle(r#"{"prefetch": {"refs": ["team/app:v1"], "platforms": "all"}}"#)
+        .await
+        .expect("the prefetch event succeeds");
+    assert!(out["prefetch"].is_object(), "{out}");
+    s.up.clear_requests();
+    let accept = [("accept", DOCKER_CLIENT_ACCEPT)];
+    for (reference, expected) in [("v1", &img.index), (img.amd64.digest.as_str(), &img.amd64)] {
+        let a = call(
+            &f,
+            Source::HttpApi,
+            "GET",
+            &format!("/v2/team/app/manifests/{reference}"),
+            &accept,
+        )
+        .await;
+        assert_manifest_answer(&a, expected, false);
+    }
+    for d in img.amd64.blob_digests() {
+        let a = call(
+            &f,
+            Source::HttpApi,
+            "GET",
+            &format!("/v2/team/app/blobs/{d}"),
+            &[],
+        )
+        .await;
+        assert_eq!(a.status, 307, "{d} is in the bucket: {:?}", a.raw);
+    }
+    assert_eq!(s.up.request_lines(), Vec::<String>::new(), "a warm pull");
+
+    clock.advance(std::time::Duration::from_secs(31 * 86_400));
+    let out = f
+        .handle(r#"{"gc": {"olderThan": "30d", "dryRun": false}}"#)
+        .await
+        .expect("the gc event succeeds");
+    assert!(out["gc"].is_object(), "{out}");
+    for d in img.amd64.blob_digests() {
+        assert!(!s.s3.has_blob(&d).await, "{d} was collected: {out}");
+    }
+}

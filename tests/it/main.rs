@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admin;
 mod blobs;
 mod cli;
 mod client_auth;
