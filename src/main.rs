@@ -174,7 +174,7 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
     let services = pullthrough::server_services(&config).await?;
     let listen = config.listen;
     let limits = config.connections.clone();
-    let (router, _) = pullthrough::build(config, store, Arc::default(), services)?;
+    let (router, cache) = pullthrough::build(config, store, Arc::default(), services)?;
     let listener = pullthrough::app::bind(listen).await?;
     // The bound address, not the configured one: with port 0 this says which port was chosen.
     let listen = listener.local_addr().unwrap_or(listen);
@@ -182,6 +182,8 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
     eprintln!("pullthrough: serving on http://{listen}");
     let shutdown = shutdown_signal().map_err(AppError::Signals)?;
     pullthrough::serve_with(listener, router, limits, shutdown).await?;
+    // The last-pulled times noted since the last background flush.
+    cache.flush_touches().await;
     eprintln!("pullthrough: stopped");
     Ok(ExitCode::SUCCESS)
 }
