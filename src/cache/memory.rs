@@ -201,8 +201,17 @@ mod tests {
         m.insert("up/a", &d, Bytes::from(vec![1; 20]), "t", 1_000);
         assert!(m.get("up/a", &d, 1_000 + TRUSTED_FOR_MS - 1).is_some());
         assert!(m.get("up/a", &d, 1_000 + TRUSTED_FOR_MS).is_none());
-        m.insert("up/a", &d, Bytes::from(vec![1; 20]), "t", 1_000 + TRUSTED_FOR_MS);
-        assert!(m.get("up/a", &d, 1_000 + TRUSTED_FOR_MS).is_some(), "seen again");
+        m.insert(
+            "up/a",
+            &d,
+            Bytes::from(vec![1; 20]),
+            "t",
+            1_000 + TRUSTED_FOR_MS,
+        );
+        assert!(
+            m.get("up/a", &d, 1_000 + TRUSTED_FOR_MS).is_some(),
+            "seen again"
+        );
 
         let markers = BlobMarkerMemory::default();
         markers.insert("up/a@d", 7, 1_000);

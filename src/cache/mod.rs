@@ -27,14 +27,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use blobs::BlobAnswer;
+pub use blobs::{BlobAnswer, Warmed};
 pub use flight::FaultHook;
 pub use handoff::{FillHandoff, FillJob, FillOutcome, FillPolicy, HandoffError};
 pub use lease::ServerLease;
 pub use manifests::ManifestAnswer;
+pub use memory::TRUSTED_FOR_MS;
 pub use relay::RelayAnswer;
 pub use touch::{FLUSH_EVERY, TOUCH_EVERY_MS};
-pub use memory::TRUSTED_FOR_MS;
 // Part of the cache's answers and errors, so the HTTP edge never reaches past the cache into the
 // store or the upstream client: blob locations and byte ranges, the store-call counter behind
 // `X-Pullthrough-Store-Calls`, and the upstream failures a `CacheError` carries.
@@ -444,8 +444,11 @@ impl Cache {
         self.write_json(&key, marker).await?;
         self.knows_pulled(&key, marker.last_pulled);
         if marker.media_type.is_none() {
-            self.blob_markers
-                .insert(&target.scoped_digest(digest), marker.size, self.clock.now_ms());
+            self.blob_markers.insert(
+                &target.scoped_digest(digest),
+                marker.size,
+                self.clock.now_ms(),
+            );
         }
         Ok(())
     }
