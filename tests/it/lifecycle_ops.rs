@@ -674,3 +674,55 @@ async fn purge_and_prefetch_from_the_command_line_beside_a_live_server() {
         assert!(exists(&proxy, &tag_key("team/app", "v1")).await);
     }
 }
+
+/// Over S3 a cold blob's readers get its last byte before the upload and the marker: a
+/// `pullthrough prefetch` that exits must have waited for them, or its work is lost.
+#[tokio::test]
+async fn a_prefetch_over_s3_exits_only_once_its_uploads_are_published() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let layer = blob_bytes(512, 24 << 20);
+    let layer_digest = up.put_blob("team/big", layer.clone());
+    let config = bytes::Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+    let config_digest = up.put_blob("team/big", config.clone());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer.len()}],
+    });
+    let image = push_tagged(
+        &up,
+        "team/big",
+        "v1",
+        OCI_MANIFEST,
+        serde_json::to_vec(&manifest).unwrap().into(),
+    );
+    let server = s3::S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = local_s3_config(&up.url(), &server, "");
+    let config_path = config_file(dir.path(), &toml);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut args = vec!["prefetch", "team/big:v1"];
+        args.extend(s3::binary_args(&config_path));
+        run(&args, &s3::AWS_ENV)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("1 manifests, 2 blobs (2 fetched now)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        server.has_blob(&layer_digest).await,
+        "the layer was not uploaded"
+    );
+    let proxy = Proxy::with_s3_config(&toml, server).await;
+    up.clear_requests();
+    assert_manifest(proxy.manifest("team/big", "v1").await, &image).await;
+    for d in [&config_digest, &layer_digest] {
+        blob_via_redirect(&proxy, "team/big", d).await;
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.request_lines());
+}
