@@ -15,6 +15,9 @@ use crate::cache::{Cache, CacheError, ManifestAnswer};
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::{Digest, Reference, Tag};
 
+/// The tag of a reference that names none.
+const DEFAULT_TAG: &str = "latest";
+
 /// Blobs of one reference copied at once.
 const BLOB_CONCURRENCY: usize = 4;
 
@@ -106,6 +109,11 @@ pub async fn prefetch(
     for r in &resolved {
         let mut counts = PrefetchReport::default();
         match warm(cache, r, platforms, &mut counts).await {
+            Ok(()) if r.scope == Scope::Repository => {
+                report
+                    .warmed
+                    .push(format!("{}:{DEFAULT_TAG}", r.canonical()));
+            }
             Ok(()) => report.warmed.push(r.canonical()),
             Err(e) => report.failed.push((r.text.clone(), e.to_string())),
         }
@@ -164,7 +172,9 @@ async fn warm(
     // No Accept: every type is acceptable, the stored document is the answer.
     let accept = ClientAccept::parse(std::iter::empty());
     let reference = match &r.scope {
-        Scope::Repository => Reference::Tag(Tag::parse("latest").expect("a valid tag")),
+        Scope::Repository => Reference::Tag(
+            Tag::parse(DEFAULT_TAG).map_err(|e| CacheError::ManifestUnknown(e.to_string()))?,
+        ),
         Scope::Tag(t) => Reference::Tag(t.clone()),
         Scope::Digest(d) => Reference::Digest(d.clone()),
     };

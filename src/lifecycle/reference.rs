@@ -64,21 +64,28 @@ pub fn resolve_all(cache: &Cache, refs: &[String]) -> Result<Vec<Resolved>, Life
     refs.iter().map(|r| resolve(cache, r)).collect()
 }
 
-/// `name@digest`, `name:tag` (a `:` after the last `/`, so `host:port/repo` is a name), or
-/// `name`.
+/// `name@digest` (also `name:tag@digest`, where the digest decides, as for docker), `name:tag`
+/// (a `:` after the last `/`, so `host:port/repo` is a name), or `name`.
 fn split(text: &str) -> Result<(&str, Scope), String> {
     if let Some((name, digest)) = text.split_once('@') {
         let d = Digest::parse(digest).map_err(|e| e.to_string())?;
+        let (name, _) = split_tag(name);
         return Ok((name, Scope::Digest(d)));
     }
-    let last_slash = text.rfind('/').map_or(0, |i| i + 1);
-    match text[last_slash..].rfind(':') {
-        Some(i) => {
-            let (name, tag) = (&text[..last_slash + i], &text[last_slash + i + 1..]);
+    match split_tag(text) {
+        (name, Some(tag)) => {
             let t = Tag::parse(tag).map_err(|e| e.to_string())?;
             Ok((name, Scope::Tag(t)))
         }
-        None => Ok((text, Scope::Repository)),
+        (name, None) => Ok((name, Scope::Repository)),
+    }
+}
+
+fn split_tag(text: &str) -> (&str, Option<&str>) {
+    let last_slash = text.rfind('/').map_or(0, |i| i + 1);
+    match text[last_slash..].rfind(':') {
+        Some(i) => (&text[..last_slash + i], Some(&text[last_slash + i + 1..])),
+        None => (text, None),
     }
 }
 
@@ -107,6 +114,10 @@ mod tests {
         );
         assert_eq!(
             split(&format!("team/app@{d}")).unwrap(),
+            ("team/app", Scope::Digest(Digest::parse(&d).unwrap()))
+        );
+        assert_eq!(
+            split(&format!("team/app:v1@{d}")).unwrap(),
             ("team/app", Scope::Digest(Digest::parse(&d).unwrap()))
         );
         assert!(split("team/app@sha256:nothex").is_err());

@@ -726,3 +726,17 @@ async fn a_prefetch_over_s3_exits_only_once_its_uploads_are_published() {
     }
     assert!(up.requests().is_empty(), "{:?}", up.request_lines());
 }
+
+#[tokio::test]
+async fn prefetch_of_a_repository_warms_its_latest_tag() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "latest", 513);
+    let proxy = Proxy::start(&up).await;
+    let report = prefetch(&proxy.cache, &refs(&["local/team/app"]), &Platforms::All)
+        .await
+        .unwrap();
+    assert_eq!(report.warmed, vec!["local/team/app:latest"]);
+    up.clear_requests();
+    full_pull(&proxy, "team/app", "latest", &img).await;
+    assert!(up.requests().is_empty(), "{:?}", up.request_lines());
+}
