@@ -183,6 +183,8 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
     eprintln!("pullthrough: serving on http://{listen}");
     let shutdown = shutdown_signal().map_err(AppError::Signals)?;
     pullthrough::serve_with(listener, router, limits, shutdown).await?;
+    // The last-pulled times noted since the last background flush.
+    cache.flush_touches().await;
     eprintln!("pullthrough: stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -245,7 +247,16 @@ async fn run_gc(args: GcArgs) -> Result<ExitCode, AppError> {
 async fn run_purge(args: PurgeArgs) -> Result<ExitCode, AppError> {
     let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
     let report = pullthrough::lifecycle::purge(&cache, &args.refs).await?;
-    println!("{report:?}");
+    for key in &report.removed {
+        println!("removed {key}");
+    }
+    for r in &report.purged {
+        println!("purged {r}");
+    }
+    println!(
+        "{} documents removed; blobs stay until gc finds them unreferenced",
+        report.removed.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -254,8 +265,27 @@ async fn run_prefetch(args: PrefetchArgs) -> Result<ExitCode, AppError> {
     let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
     let platforms = args.platform.parse()?;
     let report = pullthrough::lifecycle::prefetch(&cache, &args.refs, &platforms).await?;
-    println!("{report:?}");
-    Ok(ExitCode::SUCCESS)
+    // Last-pulled times of what was already cached.
+    cache.flush_touches().await;
+    for r in &report.warmed {
+        println!("warmed {r}");
+    }
+    for (r, why) in &report.failed {
+        println!("FAILED {r}: {why}");
+    }
+    println!(
+        "{} manifests, {} blobs ({} fetched now), {} bytes; {} failed",
+        report.manifests,
+        report.blobs,
+        report.fetched_blobs,
+        report.bytes,
+        report.failed.len()
+    );
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `ls`: cached repositories, or one repository's tags and digests.

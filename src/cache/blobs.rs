@@ -40,6 +40,15 @@ pub enum BlobAnswer {
     },
 }
 
+/// A blob made sure of by [`Cache::warm_blob`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Warmed {
+    pub size: u64,
+    /// It was not in the cache for this repository before (copied now, or confirmed with the
+    /// upstream when another repository's copy was there).
+    pub fetched: bool,
+}
+
 /// What the requests of a streamed fill learn once the upstream has answered.
 #[derive(Clone)]
 pub(super) enum FillStage {
@@ -109,6 +118,48 @@ impl Cache {
             self.fill(target, digest).await?;
         }
         self.stored(&key, range, digest).await
+    }
+
+    /// Makes sure the blob is stored and marked for this repository, as a pull would leave it
+    /// (for `prefetch`). A blob already there costs two store requests (marker, object) and no
+    /// transfer; a miss goes through [`Cache::blob`] like a client's GET, its streamed answer
+    /// read to the end.
+    pub async fn warm_blob(&self, target: &Target, digest: &Digest) -> Result<Warmed, CacheError> {
+        let key = keys::blob(digest);
+        if self.read_marker(target, digest).await?.is_some()
+            && let Some(size) = self.store.head(&key).await?
+        {
+            return Ok(Warmed {
+                size,
+                fetched: false,
+            });
+        }
+        let body = match self.blob(target, digest, None).await? {
+            BlobAnswer::Stored(BlobRead::Stream { body, .. }) => Some(body),
+            BlobAnswer::Passthrough { body, .. } => Some(body),
+            BlobAnswer::Stored(BlobRead::Redirect(_) | BlobRead::Unsatisfiable { .. }) => None,
+        };
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                chunk.map_err(|e| {
+                    CacheError::Unavailable(format!("the fill of {digest} failed: {e}"))
+                })?;
+            }
+        }
+        // Over S3 the upload and the marker follow the last byte the readers get, and a
+        // redirect is presigned without looking: join the fill still publishing, or copy what
+        // is missing after all.
+        let size = match (
+            self.read_marker(target, digest).await?,
+            self.store.head(&key).await?,
+        ) {
+            (Some(_), Some(size)) => size,
+            _ => self.fill(target, digest).await?,
+        };
+        Ok(Warmed {
+            size,
+            fetched: true,
+        })
     }
 
     /// Whether requests for a blob being filled stream it from the fill's spill file: always

@@ -51,7 +51,7 @@ impl Cache {
         accept: &ClientAccept,
     ) -> Result<ManifestAnswer, CacheError> {
         let key = keys::tag(target.alias(), &target.repo, tag);
-        let Some(pointer) = self.load_pointer(&key).await? else {
+        let Some((pointer, seen_at)) = self.load_pointer(&key).await? else {
             return self.fetch_tag(target, tag, accept).await;
         };
         let Ok(digest) = Digest::parse(&pointer.digest) else {
@@ -59,7 +59,7 @@ impl Cache {
         };
         if self.is_fresh(target, &pointer) {
             return match self
-                .answer_from_pointer(target, &key, pointer, &digest)
+                .answer_from_pointer(target, &key, pointer, seen_at, &digest)
                 .await?
             {
                 Some(a) => Ok(a),
@@ -83,7 +83,8 @@ impl Cache {
                     ..pointer
                 };
                 self.write_json(&key, &refreshed).await?;
-                self.tags.insert(key.as_str(), refreshed);
+                self.knows_pulled(&key, refreshed.last_pulled);
+                self.tags.insert(key.as_str(), refreshed, now);
                 Ok(answer)
             }
             Ok(_) => match self.fetch_tag(target, tag, accept).await {
@@ -101,15 +102,21 @@ impl Cache {
         }
     }
 
-    /// A tag pointer, from memory or the store.
+    /// A tag pointer, from memory or the store, with when it was last seen in the store.
     async fn load_pointer(
         &self,
         key: &crate::store::Key,
-    ) -> Result<Option<TagPointer>, CacheError> {
-        match self.tags.get(key.as_str()) {
-            Some(p) => Ok(Some(p)),
-            None => self.read_json::<TagPointer>(key).await,
+    ) -> Result<Option<(TagPointer, u64)>, CacheError> {
+        let now = self.clock.now_ms();
+        if let Some(seen) = self.tags.get(key.as_str(), now) {
+            return Ok(Some(seen));
         }
+        let pointer = self.read_json::<TagPointer>(key).await?;
+        if let Some(p) = &pointer {
+            self.knows_pulled(key, p.last_pulled);
+            self.tags.insert(key.as_str(), p.clone(), now);
+        }
+        Ok(pointer.map(|p| (p, now)))
     }
 
     fn is_fresh(&self, target: &Target, pointer: &TagPointer) -> bool {
@@ -117,23 +124,27 @@ impl Cache {
         u128::from(age) < self.tag_ttl(target).as_millis()
     }
 
-    /// The manifest a fresh pointer names: its inline copy, or the cached manifest; `None` when
-    /// neither is available (then the tag is fetched again).
+    /// The manifest a fresh pointer (seen in the store at `seen_at`) names: its inline copy, or
+    /// the cached manifest; `None` when neither is available (then the tag is fetched again).
+    /// Notes the pointer as pulled.
     async fn answer_from_pointer(
         &self,
         target: &Target,
         key: &crate::store::Key,
         pointer: TagPointer,
+        seen_at: u64,
         digest: &Digest,
     ) -> Result<Option<ManifestAnswer>, CacheError> {
-        self.tags.insert(key.as_str(), pointer.clone());
         if let Some(bytes) = verified_inline(pointer.manifest.as_ref(), digest) {
-            // The pointer is written after the marker, so the repository holds this digest.
+            self.pulled_pointer(target, key, pointer.last_pulled);
+            // The pointer is written after the marker, so the repository held this digest when
+            // the pointer was seen.
             self.manifests.insert(
                 &target.scoped_name(),
                 digest,
                 bytes.clone(),
                 &pointer.media_type,
+                seen_at,
             );
             return Ok(Some(ManifestAnswer {
                 bytes,
@@ -142,7 +153,11 @@ impl Cache {
                 warning: None,
             }));
         }
-        self.cached_manifest(target, digest).await
+        let answer = self.cached_manifest(target, digest).await?;
+        if answer.is_some() {
+            self.pulled_pointer(target, key, pointer.last_pulled);
+        }
+        Ok(answer)
     }
 
     /// The cached manifest with a `Warning`, or the upstream's error when nothing is cached.
@@ -181,10 +196,12 @@ impl Cache {
                 // then there is nothing to fetch (this closes the gap between a caller's pointer
                 // read and its flight).
                 let key = keys::tag(target.alias(), &target.repo, &tag);
-                if let Some(p) = this.load_pointer(&key).await?
+                if let Some((p, seen_at)) = this.load_pointer(&key).await?
                     && this.is_fresh(&target, &p)
                     && let Ok(d) = Digest::parse(&p.digest)
-                    && let Some(a) = this.answer_from_pointer(&target, &key, p, &d).await?
+                    && let Some(a) = this
+                        .answer_from_pointer(&target, &key, p, seen_at, &d)
+                        .await?
                 {
                     return Ok(a);
                 }
@@ -193,16 +210,18 @@ impl Cache {
                     .await?;
                 // Asked with every modern type, the upstream answered this document: it is the
                 // tag's, schema1 included (an old image with nothing else; its digest is stable).
+                let now = this.clock.now_ms();
                 let pointer = TagPointer {
                     digest: answer.digest.to_string(),
                     media_type: answer.media_type.clone(),
                     size: answer.bytes.len() as u64,
-                    checked_at: this.clock.now_ms(),
+                    checked_at: now,
                     manifest: inline_copy(&answer.bytes),
-                    last_pulled: Some(this.clock.now_ms()),
+                    last_pulled: Some(now),
                 };
                 this.write_json(&key, &pointer).await?;
-                this.tags.insert(key.as_str(), pointer);
+                this.knows_pulled(&key, pointer.last_pulled);
+                this.tags.insert(key.as_str(), pointer, now);
                 Ok(answer)
             })
             .await
@@ -252,7 +271,9 @@ impl Cache {
         digest: &Digest,
     ) -> Result<Option<ManifestAnswer>, CacheError> {
         let scoped = target.scoped_name();
-        if let Some((bytes, media_type)) = self.manifests.get(&scoped, digest) {
+        let now = self.clock.now_ms();
+        if let Some((bytes, media_type)) = self.manifests.get(&scoped, digest, now) {
+            self.pulled_marker(target, digest, None);
             return Ok(Some(ManifestAnswer {
                 bytes,
                 media_type,
@@ -282,7 +303,7 @@ impl Cache {
             },
         };
         self.manifests
-            .insert(&scoped, digest, bytes.clone(), &media_type);
+            .insert(&scoped, digest, bytes.clone(), &media_type, now);
         Ok(Some(ManifestAnswer {
             bytes,
             media_type,
@@ -363,6 +384,7 @@ impl Cache {
             &digest,
             fetched.bytes.clone(),
             &media_type,
+            self.clock.now_ms(),
         );
         Ok(ManifestAnswer {
             bytes: fetched.bytes,

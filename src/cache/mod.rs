@@ -17,6 +17,7 @@ mod manifests;
 mod memory;
 mod relay;
 pub mod spill;
+mod touch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,12 +27,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use blobs::BlobAnswer;
+pub use blobs::{BlobAnswer, Warmed};
 pub use flight::FaultHook;
 pub use handoff::{FillHandoff, FillJob, FillOutcome, FillPolicy, HandoffError};
 pub use lease::ServerLease;
 pub use manifests::ManifestAnswer;
+pub use memory::TRUSTED_FOR_MS;
 pub use relay::RelayAnswer;
+pub use touch::{FLUSH_EVERY, TOUCH_EVERY_MS};
 // Part of the cache's answers and errors, so the HTTP edge never reaches past the cache into the
 // store or the upstream client: blob locations and byte ranges, the store-call counter behind
 // `X-Pullthrough-Store-Calls`, and the upstream failures a `CacheError` carries.
@@ -179,6 +182,8 @@ pub struct Cache {
     manifests: ManifestMemory,
     tags: TagMemory,
     blob_markers: BlobMarkerMemory,
+    /// Last-pulled times waiting to be written, off the request path.
+    touches: touch::Touches,
     manifest_flights: SingleFlight<String, ManifestAnswer>,
     blob_flights: SingleFlight<String, u64>,
     clock: Arc<Clock>,
@@ -272,6 +277,7 @@ impl Cache {
             names,
             tags: TagMemory::default(),
             blob_markers: BlobMarkerMemory::default(),
+            touches: Default::default(),
             manifest_flights: SingleFlight::new("manifest", services.fault_hook.clone()),
             blob_flights: SingleFlight::new("blob", services.fault_hook),
             clock,
@@ -391,28 +397,28 @@ impl Cache {
         self.store.put(key, bytes.into(), "application/json").await
     }
 
-    /// A repository's marker for a digest. Blob markers never change once written, so they are
-    /// also kept in memory: a warm blob then costs no store request before its redirect.
+    /// A repository's marker for a digest, noted as pulled. Blob markers never change once
+    /// written, so they are also kept in memory (for [`TRUSTED_FOR_MS`]): a warm blob then costs
+    /// no store request before its redirect.
     async fn read_marker(
         &self,
         target: &Target,
         digest: &Digest,
     ) -> Result<Option<Marker>, CacheError> {
         let remembered = target.scoped_digest(digest);
-        if let Some(size) = self.blob_markers.get(&remembered) {
+        let now = self.clock.now_ms();
+        if let Some(size) = self.blob_markers.get(&remembered, now) {
+            self.pulled_marker(target, digest, None);
             return Ok(Some(Marker::blob(size)));
         }
-        let marker: Option<Marker> = self
-            .read_json(&crate::store::keys::marker(
-                target.alias(),
-                &target.repo,
-                digest,
-            ))
-            .await?;
-        if let Some(m) = &marker
-            && m.media_type.is_none()
-        {
-            self.blob_markers.insert(&remembered, m.size);
+        let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
+        let marker: Option<Marker> = self.read_json(&key).await?;
+        if let Some(m) = &marker {
+            self.knows_pulled(&key, m.last_pulled);
+            self.pulled_marker(target, digest, m.last_pulled);
+            if m.media_type.is_none() {
+                self.blob_markers.insert(&remembered, m.size, now);
+            }
         }
         Ok(marker)
     }
@@ -436,9 +442,13 @@ impl Cache {
             marker
         };
         self.write_json(&key, marker).await?;
+        self.knows_pulled(&key, marker.last_pulled);
         if marker.media_type.is_none() {
-            self.blob_markers
-                .insert(&target.scoped_digest(digest), marker.size);
+            self.blob_markers.insert(
+                &target.scoped_digest(digest),
+                marker.size,
+                self.clock.now_ms(),
+            );
         }
         Ok(())
     }

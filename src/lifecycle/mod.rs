@@ -10,6 +10,7 @@ pub mod gc;
 pub mod ls;
 pub mod prefetch;
 pub mod purge;
+pub mod reference;
 
 pub use gc::{GcOptions, GcReport, gc};
 pub use ls::{Listing, ls};

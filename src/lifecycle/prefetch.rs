@@ -1,16 +1,33 @@
 //! `prefetch`: warm tags (index → platform manifests → configs and layers, and referrers).
+//!
+//! Everything goes through the cache exactly as a client's pull would (the manifest endpoint's
+//! path, the blob path with its single-flight fills), so a prefetch racing a pull of the same
+//! image shares its fills, and what it leaves is what a pull leaves.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use super::LifecycleError;
-use crate::cache::Cache;
+use super::reference::{Resolved, Scope, resolve_all};
+use crate::cache::{Cache, CacheError, ManifestAnswer};
+use crate::oci::media::{self, ClientAccept};
+use crate::oci::{Digest, Reference, Tag};
+
+/// The tag of a reference that names none.
+const DEFAULT_TAG: &str = "latest";
+
+/// Blobs of one reference copied at once.
+const BLOB_CONCURRENCY: usize = 4;
 
 /// Which platforms of an index a prefetch warms.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Platforms {
+    /// Every child of an index (attestations included).
     #[default]
     All,
-    /// `os/arch[/variant]` entries.
+    /// `os/arch[/variant]` entries; an entry without a variant matches every variant.
     Only(Vec<String>),
 }
 
@@ -19,10 +36,44 @@ impl std::str::FromStr for Platforms {
 
     /// `all`, or a comma-separated list of `os/arch[/variant]`.
     fn from_str(s: &str) -> Result<Platforms, LifecycleError> {
+        let s = s.trim();
         if s == "all" {
             return Ok(Platforms::All);
         }
-        Ok(Platforms::Only(s.split(',').map(str::to_owned).collect()))
+        let mut out = Vec::new();
+        for entry in s.split(',').map(str::trim) {
+            let parts: Vec<&str> = entry.split('/').collect();
+            let valid = (2..=3).contains(&parts.len())
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                        })
+                });
+            if !valid {
+                return Err(LifecycleError::BadOption(format!(
+                    "bad platform {:?}: expected `all` or a comma-separated list of os/arch[/variant] (e.g. linux/amd64,linux/arm64/v8)",
+                    crate::oci::truncate_for_message(entry)
+                )));
+            }
+            out.push(entry.to_owned());
+        }
+        Ok(Platforms::Only(out))
+    }
+}
+
+impl Platforms {
+    fn matches(&self, p: Option<&Platform>) -> bool {
+        let Platforms::Only(wanted) = self else {
+            return true;
+        };
+        let Some(p) = p else { return false };
+        wanted.iter().any(|w| {
+            let mut parts = w.split('/');
+            parts.next() == Some(p.os.as_str())
+                && parts.next() == Some(p.architecture.as_str())
+                && parts.next().is_none_or(|v| p.variant.as_deref() == Some(v))
+        })
     }
 }
 
@@ -30,19 +81,171 @@ impl std::str::FromStr for Platforms {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrefetchReport {
+    /// References warmed completely, canonical (`<upstream>/<repo>:<tag>` or `…@<digest>`).
+    pub warmed: Vec<String>,
+    /// Manifests (indexes, platform manifests, referrers) now in the cache.
     pub manifests: u64,
+    /// Configs and layers now in the cache.
     pub blobs: u64,
+    /// Of those, the ones that were not cached for their repository before.
+    pub fetched_blobs: u64,
+    /// Bytes of the manifests and blobs above.
     pub bytes: u64,
     /// References that failed, with why.
     pub failed: Vec<(String, String)>,
 }
 
-/// Prefetches each reference (`[upstream/]repo:tag` or `repo@digest`).
+/// Prefetches each reference (`[upstream/]repo[:tag]`, default tag `latest`, or `repo@digest`).
+/// Every reference is checked first: one that does not parse or resolve fails the whole prefetch
+/// before anything is fetched. A reference that fails later is reported in `failed`; the others
+/// are still warmed.
 pub async fn prefetch(
     cache: &Cache,
     refs: &[String],
     platforms: &Platforms,
 ) -> Result<PrefetchReport, LifecycleError> {
-    let _ = (cache, refs, platforms);
-    Ok(PrefetchReport::default()) // stub: the purge/prefetch helper writes this
+    let resolved = resolve_all(cache, refs)?;
+    let mut report = PrefetchReport::default();
+    for r in &resolved {
+        let mut counts = PrefetchReport::default();
+        match warm(cache, r, platforms, &mut counts).await {
+            Ok(()) if r.scope == Scope::Repository => {
+                report
+                    .warmed
+                    .push(format!("{}:{DEFAULT_TAG}", r.canonical()));
+            }
+            Ok(()) => report.warmed.push(r.canonical()),
+            Err(e) => report.failed.push((r.text.clone(), e.to_string())),
+        }
+        // What was warmed before a failure is in the cache all the same.
+        report.manifests += counts.manifests;
+        report.blobs += counts.blobs;
+        report.fetched_blobs += counts.fetched_blobs;
+        report.bytes += counts.bytes;
+    }
+    Ok(report)
+}
+
+/// The fields of a manifest or index a prefetch follows.
+#[derive(Default, Deserialize)]
+struct Links {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+fn links(m: &ManifestAnswer) -> Links {
+    serde_json::from_slice(&m.bytes).unwrap_or_default()
+}
+
+fn digest_of(d: &Descriptor) -> Result<Digest, CacheError> {
+    Digest::parse(&d.digest).map_err(|e| CacheError::BadUpstream(e.to_string()))
+}
+
+async fn warm(
+    cache: &Cache,
+    r: &Resolved,
+    platforms: &Platforms,
+    counts: &mut PrefetchReport,
+) -> Result<(), CacheError> {
+    let target = &r.target;
+    // No Accept: every type is acceptable, the stored document is the answer.
+    let accept = ClientAccept::parse(std::iter::empty());
+    let reference = match &r.scope {
+        Scope::Repository => Reference::Tag(
+            Tag::parse(DEFAULT_TAG).map_err(|e| CacheError::ManifestUnknown(e.to_string()))?,
+        ),
+        Scope::Tag(t) => Reference::Tag(t.clone()),
+        Scope::Digest(d) => Reference::Digest(d.clone()),
+    };
+    let top = cache.manifest(target, &reference, &accept).await?;
+    counts.manifests += 1;
+    counts.bytes += top.bytes.len() as u64;
+    let mut images = Vec::new();
+    let mut manifests = vec![top.digest.clone()];
+    if media::is_list(&top.media_type) {
+        for child in links(&top)
+            .manifests
+            .iter()
+            .filter(|c| platforms.matches(c.platform.as_ref()))
+        {
+            let d = digest_of(child)?;
+            let m = cache
+                .manifest(target, &Reference::Digest(d.clone()), &accept)
+                .await?;
+            counts.manifests += 1;
+            counts.bytes += m.bytes.len() as u64;
+            manifests.push(d);
+            images.push(m);
+        }
+    } else {
+        images.push(top);
+    }
+    // Configs and layers, each once, a few at a time.
+    let mut blobs = BTreeMap::new();
+    for m in &images {
+        let l = links(m);
+        for d in l.config.iter().chain(&l.layers) {
+            let digest = digest_of(d)?;
+            blobs.insert(digest.to_string(), digest);
+        }
+    }
+    let mut warmed = futures_util::stream::iter(blobs.into_values())
+        .map(|d| async move { cache.warm_blob(target, &d).await })
+        .buffer_unordered(BLOB_CONCURRENCY);
+    let mut first_error = None;
+    while let Some(w) = warmed.next().await {
+        match w {
+            Ok(w) => {
+                counts.blobs += 1;
+                counts.fetched_blobs += u64::from(w.fetched);
+                counts.bytes += w.size;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Referrers (signatures, SBOMs, attestations) of every manifest, and the referrers
+    // themselves. An upstream without the referrers API has none to warm.
+    for d in &manifests {
+        let answer = match cache.referrers(target, d, None, None).await {
+            Ok(a) => a,
+            Err(CacheError::ManifestUnknown(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let list: Links = serde_json::from_slice(&answer.bytes).unwrap_or_default();
+        for referrer in &list.manifests {
+            let rd = digest_of(referrer)?;
+            let m = cache
+                .manifest(target, &Reference::Digest(rd), &accept)
+                .await?;
+            counts.manifests += 1;
+            counts.bytes += m.bytes.len() as u64;
+        }
+    }
+    Ok(())
 }

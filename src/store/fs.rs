@@ -256,6 +256,14 @@ impl Store for FsStore {
         };
         Ok(Some(BlobRead::Stream { total, range, body }))
     }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Err(e) => Err(io_err(key, e)),
+        }
+    }
 }
 
 /// Absent, or a path component that is a file where a directory was expected.

@@ -78,6 +78,33 @@ pub fn tags_prefix(upstream: &str, repo: &RepoName) -> Key {
     Key::new(format!("{}/_tags", repo_root(upstream, repo)))
 }
 
+/// The "directory" holding a repository's markers of one algorithm, for listing.
+pub fn markers_prefix(
+    upstream: &str,
+    repo: &RepoName,
+    algorithm: crate::oci::digest::Algorithm,
+) -> Key {
+    Key::new(format!(
+        "{}/_digests/{}",
+        repo_root(upstream, repo),
+        algorithm.as_str()
+    ))
+}
+
+/// The "directory" holding a repository's cached referrers answers of one algorithm, for
+/// listing.
+pub fn referrers_prefix(
+    upstream: &str,
+    repo: &RepoName,
+    algorithm: crate::oci::digest::Algorithm,
+) -> Key {
+    Key::new(format!(
+        "{}/_referrers/{}",
+        repo_root(upstream, repo),
+        algorithm.as_str()
+    ))
+}
+
 pub fn marker(upstream: &str, repo: &RepoName, digest: &Digest) -> Key {
     Key::new(format!(
         "{}/_digests/{}/{}",

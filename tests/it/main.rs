@@ -19,6 +19,7 @@ mod lambda_binary;
 mod lambda_events;
 mod lambda_fill;
 mod layers;
+mod lifecycle_ops;
 mod load;
 mod manifests;
 mod oci_client_pull;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pullthrough::cache::{Clock, Services};
+use pullthrough::cache::{Cache, Clock, Services};
 use pullthrough::config::{Config, Settings};
 use pullthrough::store::Store;
 
@@ -56,6 +56,8 @@ pub struct Proxy {
     pub url: String,
     pub store_dir: Arc<tempfile::TempDir>,
     pub clock: Arc<Clock>,
+    /// The proxy's cache itself (the lifecycle functions take it; `flush_touches`).
+    pub cache: Arc<Cache>,
     pub http: reqwest::Client,
     /// The S3-compatible server behind a proxy started with [`Proxy::start_s3`] (shared with
     /// its siblings).
@@ -169,7 +171,7 @@ impl Proxy {
     ) -> Proxy {
         let clock = Arc::new(Clock::default());
         let limits = config.connections.clone();
-        let (router, _) =
+        let (router, cache) =
             pullthrough::build(config, store, Arc::clone(&clock), services).expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -183,6 +185,7 @@ impl Proxy {
             url,
             store_dir,
             clock,
+            cache,
             http: no_redirects(),
             s3,
             shutdown: Some(tx),
