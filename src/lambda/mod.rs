@@ -64,6 +64,16 @@ impl Function {
 
     /// Handles one event (its raw JSON) and returns the response payload.
     pub async fn handle(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
+        let result = self.answer(event).await;
+        // The last-pulled times this invocation noted, written off the request path: the task
+        // runs while the runtime posts the answer and waits for the next event (a frozen
+        // instance runs no timer, so the cache's own 30 s flush cannot be relied on here).
+        let cache = Arc::clone(&self.cache);
+        tokio::spawn(async move { cache.flush_touches().await });
+        result
+    }
+
+    async fn answer(&self, event: &str) -> Result<Value, lambda_runtime::Error> {
         match kind(event) {
             Kind::Fill => self.fill(event).await,
             Kind::Gc => self.gc(event).await,
