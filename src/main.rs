@@ -202,7 +202,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
-/// Prints what `verify` found; the status is 1 if any blob is bad or strange.
+/// Prints what `verify` found; the status is 1 if any blob is bad or strange or any reference
+/// dangles (counted as bad).
 async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, AppError> {
     let report = pullthrough::store::verify::verify(store)
         .await
@@ -210,21 +211,27 @@ async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, A
     for (key, actual) in &report.bad {
         println!("BAD {key}: its bytes hash to {actual}");
     }
+    for (key, missing) in &report.dangling {
+        println!("DANGLING {key}: names {missing}, which is missing");
+    }
     for key in &report.strange {
-        println!("STRANGE {key}: not named by a digest");
+        println!("STRANGE {key}: neither named by a digest nor naming one");
     }
     println!(
-        "checked {} blobs ({} bytes): {} bad, {} strange",
+        "checked {} blobs ({} bytes) and {} references: {} bad, {} strange",
         report.checked,
         report.bytes,
-        report.bad.len(),
+        report.references,
+        report.bad.len() + report.dangling.len(),
         report.strange.len()
     );
-    Ok(if report.bad.is_empty() && report.strange.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if report.bad.is_empty() && report.strange.is_empty() && report.dangling.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// `gc`: prints what was removed (or would be, with `--dry-run`) and the totals.
