@@ -131,8 +131,11 @@ async fn keeps_a_live_image_and_removes_an_expired_one(kind: Kind) {
     let live = push_oci_index(&up, "team/live", "v1", 2);
     let (proxy, toml) = start(kind, &up).await;
     full_pull(&proxy, "team/old", "v1", &old).await;
-    proxy.advance(31 * DAY);
     full_pull(&proxy, "team/live", "v1", &live).await;
+    // A month on, only team/live's tag is pulled again: its pointer is live, and everything
+    // else of the image (markers pulled a month ago) stays only because the tag reaches it.
+    proxy.advance(31 * DAY);
+    assert_manifest(proxy.manifest("team/live", "v1").await, &live.index).await;
 
     let cache = gc_cache(&proxy, &toml).await;
     let report = run_gc(&cache, GcOptions::default()).await;
@@ -145,12 +148,15 @@ async fn keeps_a_live_image_and_removes_an_expired_one(kind: Kind) {
     }
     for d in pulled_blobs(&live) {
         assert!(left.contains(&blob_key(&d)), "{d} of the live image went");
+        let marker = format!("repos/local/team/live/_digests/{}", d.replace(':', "/"));
+        assert!(left.contains(&marker), "{marker} went");
     }
     assert!(
         !left.iter().any(|k| k.starts_with("repos/local/team/old/")),
         "{left:?}"
     );
     assert_eq!(report.removed_by_kind["tags"], 1);
+    assert_eq!(report.removed_by_kind["markers"], 5);
     assert_eq!(report.removed_by_kind["blobs"], 5);
     assert_eq!(report.kept_blobs, 5);
     assert_verifies(&cache).await;
@@ -763,4 +769,58 @@ async fn walk_lists_every_object_under_a_prefix_and_across_pages_s3() {
     assert_eq!(all.len(), 1006);
     assert!(all.iter().all(|o| o.key.starts_with("blobs/sha256/")));
     assert!(server.count("ListObjectsV2") >= 2);
+}
+
+#[test]
+fn verify_reports_a_pointer_without_marker_and_a_marker_without_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let repo = RepoName::parse("team/app").unwrap();
+    let digest = Digest::sha256_of(b"gone");
+    let write = |key: &pullthrough::store::Key, text: String| {
+        let path = root.join(key.as_str());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let pointer =
+        format!(r#"{{"digest":"{digest}","mediaType":"{OCI_MANIFEST}","size":4,"checkedAt":0}}"#);
+    write(
+        &keys::tag("local", &repo, &Tag::parse("v1").unwrap()),
+        pointer,
+    );
+    let store = root.to_str().unwrap();
+    let ran = run(&["verify", "--store", store], &[]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(
+            "DANGLING repos/local/team/app/_tags/v1: names repos/local/team/app/_digests/sha256/"
+        ),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("1 references: 1 bad"), "{}", ran.stdout);
+
+    write(
+        &keys::marker("local", &repo, &digest),
+        r#"{"size":4}"#.to_owned(),
+    );
+    let ran = run(&["verify", "--store", store], &[]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(&format!(
+            "DANGLING repos/local/team/app/_digests/sha256/{}: names {}",
+            digest.hex(),
+            keys::blob(&digest)
+        )),
+        "{}",
+        ran.stdout
+    );
+    write(&keys::blob(&digest), "gone".to_owned());
+    let ran = run(&["verify", "--store", store], &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("2 references: 0 bad, 0 strange"),
+        "{}",
+        ran.stdout
+    );
 }
