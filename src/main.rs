@@ -34,13 +34,15 @@ enum Command {
 
 #[derive(clap::Args)]
 struct GcArgs {
-    /// Roots (tags, digests) not pulled within this time are removed, e.g. 30d.
-    #[arg(long, default_value = "30d")]
-    older_than: String,
-    /// Unreferenced blobs younger than this stay, e.g. 1h.
-    #[arg(long, default_value = "1h")]
-    grace: String,
-    /// Then evict the least recently pulled images until the blobs fit, e.g. 200GiB.
+    /// Roots (tags, digests) not pulled within this time are removed, e.g. 30d (default: `[gc]
+    /// older_than`, else 30d; at least 2h).
+    #[arg(long)]
+    older_than: Option<String>,
+    /// Unreferenced blobs younger than this stay, e.g. 1h (default: `[gc] grace`, else 1h).
+    #[arg(long)]
+    grace: Option<String>,
+    /// Then evict the least recently pulled images until the blobs fit, e.g. 200GiB (default:
+    /// `[gc] max_size`, else no bound).
     #[arg(long)]
     max_size: Option<String>,
     /// List what would be removed, with sizes; change nothing.
@@ -205,7 +207,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
     })
 }
 
-/// Prints what `verify` found; the status is 1 if any blob is bad or strange.
+/// Prints what `verify` found; the status is 1 if any blob is bad or strange or any reference
+/// dangles (counted as bad).
 async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, AppError> {
     let report = pullthrough::store::verify::verify(store)
         .await
@@ -213,34 +216,143 @@ async fn run_verify(store: &dyn pullthrough::store::Store) -> Result<ExitCode, A
     for (key, actual) in &report.bad {
         println!("BAD {key}: its bytes hash to {actual}");
     }
+    for (key, missing) in &report.dangling {
+        println!("DANGLING {key}: names {missing}, which is missing");
+    }
     for key in &report.strange {
-        println!("STRANGE {key}: not named by a digest");
+        println!("STRANGE {key}: neither named by a digest nor naming one");
     }
     println!(
-        "checked {} blobs ({} bytes): {} bad, {} strange",
+        "checked {} blobs ({} bytes) and {} references: {} bad, {} strange",
         report.checked,
         report.bytes,
-        report.bad.len(),
+        report.references,
+        report.bad.len() + report.dangling.len(),
         report.strange.len()
     );
-    Ok(if report.bad.is_empty() && report.strange.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if report.bad.is_empty() && report.strange.is_empty() && report.dangling.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
-/// `gc`: prints what was removed (or would be, with `--dry-run`) and the totals.
+/// `gc`: prints each key removed (or that would be, with `--dry-run`) and the totals.
 async fn run_gc(args: GcArgs) -> Result<ExitCode, AppError> {
-    let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
-    let options = pullthrough::lifecycle::GcOptions {
+    let config = Config::load(&args.settings)?;
+    // The flags are checked, and the unset ones defaulted from `[gc]`, as the admin API's body.
+    let request = pullthrough::http::admin::GcRequest {
+        older_than: args.older_than,
+        grace: args.grace,
+        max_size: args.max_size.map(pullthrough::http::admin::SizeValue::Text),
         dry_run: args.dry_run,
-        ..Default::default()
     };
-    let _ = (args.older_than, args.grace, args.max_size); // the gc helper parses these
+    let options = request.options(&config.gc).map_err(|e| {
+        use pullthrough::http::admin::RequestError;
+        let message = match e {
+            RequestError::Gc { field, source } => {
+                let flag = match field {
+                    "olderThan" => "--older-than",
+                    "maxSize" => "--max-size",
+                    _ => "--grace",
+                };
+                format!("{flag}: {source}")
+            }
+            other => other.to_string(),
+        };
+        AppError::Lifecycle(pullthrough::lifecycle::LifecycleError::BadOption(message))
+    })?;
+    let cache = pullthrough::app::open_cache(config).await?;
     let report = pullthrough::lifecycle::gc(&cache, &options).await?;
-    println!("{report:?}");
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for r in &report.removed {
+        println!("{verb} {} ({})", r.key, human_bytes(r.bytes));
+    }
+    let kinds = ["tags", "markers", "referrers", "blobs"]
+        .map(|k| format!("{} {k}", report.removed_by_kind.get(k).unwrap_or(&0)))
+        .join(", ");
+    let evicted = if report.evicted_roots > 0 {
+        format!("; {} roots evicted by --max-size", report.evicted_roots)
+    } else {
+        String::new()
+    };
+    println!(
+        "gc: {verb} {} objects ({}: {kinds}); kept {} objects ({}), of which {} blobs ({}){evicted}",
+        report.removed_objects,
+        human_bytes(report.removed_bytes),
+        report.kept_objects,
+        human_bytes(report.kept_bytes),
+        report.kept_blobs,
+        human_bytes(report.kept_blob_bytes),
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1234 B`, `1.2 KiB`, `3.4 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM` UTC (`-` when unknown).
+fn utc_time(ms: Option<u64>) -> String {
+    let Some(ms) = ms else {
+        return "-".into();
+    };
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Prints rows as columns, each as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 /// `purge`: prints what was forgotten.
@@ -288,10 +400,76 @@ async fn run_prefetch(args: PrefetchArgs) -> Result<ExitCode, AppError> {
     })
 }
 
-/// `ls`: cached repositories, or one repository's tags and digests.
+/// `ls`: cached repositories, or one repository's tags and digests, as tables.
 async fn run_ls(args: LsArgs) -> Result<ExitCode, AppError> {
     let cache = pullthrough::app::open_cache(Config::load(&args.settings)?).await?;
     let listing = pullthrough::lifecycle::ls(&cache, args.repo.as_deref()).await?;
-    println!("{listing:?}");
+    if let Some(detail) = &listing.repository {
+        println!("{}/{}", detail.upstream, detail.repo);
+        let rows: Vec<Vec<String>> = detail
+            .tags
+            .iter()
+            .map(|t| {
+                vec![
+                    t.tag.clone(),
+                    t.digest.clone(),
+                    human_bytes(t.size),
+                    utc_time(t.last_pulled),
+                ]
+            })
+            .collect();
+        print_table(&["TAG", "DIGEST", "SIZE", "LAST PULLED (UTC)"], &rows);
+        println!();
+        let rows: Vec<Vec<String>> = detail
+            .digests
+            .iter()
+            .map(|d| {
+                vec![
+                    d.digest.clone(),
+                    d.media_type.clone().unwrap_or_else(|| "blob".into()),
+                    human_bytes(d.size),
+                    utc_time(d.last_pulled),
+                ]
+            })
+            .collect();
+        print_table(&["DIGEST", "TYPE", "SIZE", "LAST PULLED (UTC)"], &rows);
+    } else {
+        let rows: Vec<Vec<String>> = listing
+            .repositories
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{}/{}", r.upstream, r.repo),
+                    r.tags.to_string(),
+                    r.digests.to_string(),
+                    human_bytes(r.bytes),
+                    utc_time(r.last_pulled),
+                ]
+            })
+            .collect();
+        print_table(
+            &["REPOSITORY", "TAGS", "DIGESTS", "SIZE", "LAST PULLED (UTC)"],
+            &rows,
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes_print_readably() {
+        assert_eq!(utc_time(Some(0)), "1970-01-01 00:00");
+        assert_eq!(
+            utc_time(Some(1_709_251_200_000 + 61_000)),
+            "2024-03-01 00:01"
+        );
+        assert_eq!(utc_time(Some(951_782_400_000)), "2000-02-29 00:00");
+        assert_eq!(utc_time(None), "-");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024 * 1024), "200.0 GiB");
+    }
 }

@@ -18,9 +18,9 @@ const DAY: Duration = Duration::from_secs(86_400);
 /// image pulled a minute ago may carry a time up to an hour old.
 pub const GC_OLDER_THAN: RangeInclusive<Duration> =
     Duration::from_secs(2 * 3600)..=DAY.saturating_mul(3650);
-/// Grace of unreferenced blobs: at least a minute (a fill or a manifest write racing the sweep
-/// publishes its blob before what references it).
-pub const GC_GRACE: RangeInclusive<Duration> = Duration::from_secs(60)..=DAY.saturating_mul(30);
+/// Grace of unreferenced blobs (a fill or a manifest write racing the sweep publishes its blob
+/// before what references it). `0s` is for a store no server is using.
+pub const GC_GRACE: RangeInclusive<Duration> = Duration::ZERO..=DAY.saturating_mul(30);
 /// Period of server mode's gc.
 pub const GC_INTERVAL: RangeInclusive<Duration> = Duration::from_secs(1)..=DAY.saturating_mul(30);
 /// Smallest size bound.
@@ -118,7 +118,7 @@ pub fn gc_older_than(text: &str) -> Result<Duration, GcValueError> {
 
 /// A grace (`1h`), within `GC_GRACE`.
 pub fn gc_grace(text: &str) -> Result<Duration, GcValueError> {
-    in_range(text, &GC_GRACE, "use 1m to 30d")
+    in_range(text, &GC_GRACE, "use 0s to 30d")
 }
 
 /// A period (`1d`), within `GC_INTERVAL`.
@@ -237,7 +237,7 @@ mod tests {
             ("interval = \"soon\"", "not a duration"),
             ("older_than = \"1h\"", "2h to 3650d"),
             ("older_than = \"30x\"", "unknown unit"),
-            ("grace = \"1s\"", "1m to 30d"),
+            ("grace = \"31d\"", "0s to 30d"),
             ("max_size = \"1KiB\"", "at least 1MiB"),
             ("max_size = \"lots\"", "[gc] max_size"),
             ("retention = \"30d\"", "unknown field"),

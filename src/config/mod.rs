@@ -29,7 +29,7 @@ pub use auth::credentials_env_prefix;
 pub use cli::Settings;
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use lifecycle::{
-    AdminToken, GcSettings, GcValueError, gc_grace, gc_interval, gc_max_size, gc_older_than,
+    AdminToken, GC_OLDER_THAN, GcSettings, GcValueError, gc_grace, gc_interval, gc_max_size, gc_older_than,
 };
 pub use parse::{ValueError, check_secret_arn, parse_duration, parse_size, secret_arn_region};
 pub use pattern::{PatternError, RepoPattern, allowed};

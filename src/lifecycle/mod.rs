@@ -12,8 +12,8 @@ pub mod prefetch;
 pub mod purge;
 pub mod reference;
 
-pub use gc::{GcOptions, GcReport, gc};
-pub use ls::{Listing, ls};
+pub use gc::{GcOptions, GcReport, MIN_OLDER_THAN, Removed, gc};
+pub use ls::{DigestEntry, Listing, RepositoryDetail, RepositorySummary, TagEntry, ls};
 pub use prefetch::{Platforms, PrefetchReport, prefetch};
 pub use purge::{PurgeReport, purge};
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{BlobRead, ByteStream, Condition, Key, RangeRequest, Store, StoreError};
+use super::{BlobRead, ByteStream, Condition, Key, ObjectInfo, RangeRequest, Store, StoreError};
 
 tokio::task_local! {
     static CALLS: Cell<u32>;
@@ -137,5 +137,11 @@ impl Store for Counted {
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         note("delete", key);
         self.inner.delete(key).await
+    }
+
+    async fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+        tracing::debug!(op = "walk", prefix, "store call");
+        self.inner.walk(prefix).await
     }
 }

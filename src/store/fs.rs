@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::{BlobRead, ByteStream, Key, RangeRequest, Store, StoreError};
+use super::{BlobRead, ByteStream, Key, ObjectInfo, RangeRequest, Store, StoreError};
 
 pub struct FsStore {
     root: PathBuf,
@@ -264,6 +264,66 @@ impl Store for FsStore {
             Err(e) => Err(io_err(key, e)),
         }
     }
+
+    async fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let root = self.root.clone();
+        let prefix = prefix.trim_matches('/').to_owned();
+        let what = prefix.clone();
+        tokio::task::spawn_blocking(move || walk_dir(&root, &prefix))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| StoreError::Io { key: what, source })
+    }
+}
+
+/// Every file under `root/prefix`, with keys relative to `root`; `.tmp` at the root is skipped
+/// (temporary files are not objects). Entries that vanish during the walk (a concurrent delete
+/// or rename) are skipped, not errors.
+fn walk_dir(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(root.join(prefix), prefix.to_owned())];
+    while let Some((dir, key)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue; // never a key: keys are ASCII
+            };
+            if key.is_empty() && name == TMP_DIR {
+                continue;
+            }
+            let child = if key.is_empty() {
+                name
+            } else {
+                format!("{key}/{name}")
+            };
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if is_absent(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                dirs.push((entry.path(), child));
+            } else if meta.is_file() {
+                let modified_ms = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_millis() as u64);
+                out.push(ObjectInfo {
+                    key: child,
+                    size: meta.len(),
+                    modified_ms,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Absent, or a path component that is a file where a directory was expected.

@@ -154,6 +154,27 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         Err(unsupported(key))
     }
+
+    /// Every object whose key starts with the components `prefix` (`"blobs"`, `"repos/docker.io"`;
+    /// `""` for the whole store), recursively, unordered: gc, `ls` and `verify` see the store
+    /// through this. Keys are whole store keys (no S3 key prefix); temporary files are not
+    /// objects. An object removed while the walk runs may or may not be listed.
+    async fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        Err(StoreError::Backend {
+            key: prefix.to_owned(),
+            message: "this store cannot list its objects".into(),
+        })
+    }
+}
+
+/// One object found by [`Store::walk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The store key (parse it with [`keys::parse`]).
+    pub key: String,
+    pub size: u64,
+    /// When the object was last written, in Unix milliseconds.
+    pub modified_ms: u64,
 }
 
 /// The precondition of [`Store::put_if`].

@@ -1157,10 +1157,10 @@ ops_purge_refetches() {
 }
 
 ops_gc_evicts_and_refills() {
-    # A size limit of one byte and no grace evicts every image; verify accepts the store, and a
+    # A size limit of 1 MiB and a grace of a minute (the blobs were written minutes ago) evict the images; verify accepts the store, and a
     # pull refills from the upstream, fetching each blob once.
     local before layer
-    admin gc '{"olderThan":"30d","grace":"0s","maxSize":"1"}' | head -c 600
+    admin gc '{"olderThan":"30d","grace":"1m","maxSize":"1MiB"}' | head -c 600
     echo
     pt_cli verify | tail -n 2
     layer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' \

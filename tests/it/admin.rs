@@ -367,7 +367,7 @@ async fn bad_bodies_are_400_naming_the_problem_and_change_nothing() {
         ("/_pullthrough/gc", r#"{"olderThan":"1m"}"#, "olderThan"),
         (
             "/_pullthrough/gc",
-            r#"{"olderThan":"30d","grace":"1s"}"#,
+            r#"{"olderThan":"30d","grace":"31d"}"#,
             "grace",
         ),
         ("/_pullthrough/gc", r#"{"maxSize":"lots"}"#, "maxSize"),

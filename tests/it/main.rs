@@ -14,6 +14,7 @@ mod cli;
 mod client_auth;
 mod crash;
 mod disk_full;
+mod gc;
 mod hostile;
 mod lambda_binary;
 mod lambda_events;

@@ -32,7 +32,7 @@ mod multipart;
 
 use multipart::{Multipart, PartReader};
 
-use super::{BlobRead, ByteStream, Condition, Key, RangeRequest, Store, StoreError};
+use super::{BlobRead, ByteStream, Condition, Key, ObjectInfo, RangeRequest, Store, StoreError};
 use crate::aws::AwsSetupError;
 use crate::config::{Config, MIB, S3Settings, StoreLocation};
 
@@ -511,6 +511,46 @@ impl Store for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| backend(&k, "DeleteObject", &e))
+    }
+
+    async fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let prefix = prefix.trim_matches('/');
+        let dir = if prefix.is_empty() {
+            self.key_prefix.clone()
+        } else {
+            format!("{}{prefix}/", self.key_prefix)
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            tracing::debug!(op = "ListObjectsV2", key = %dir, recursive = true, continuation = token.is_some());
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&dir)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| backend(&dir, "ListObjectsV2", &e))?;
+            out.extend(page.contents().iter().filter_map(|o| {
+                let key = o.key()?.strip_prefix(self.key_prefix.as_str())?;
+                let modified_ms = o
+                    .last_modified()
+                    .and_then(|t| t.to_millis().ok())
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(0);
+                Some(ObjectInfo {
+                    key: key.to_owned(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    modified_ms,
+                })
+            }));
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
     }
 }
 
