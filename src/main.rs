@@ -221,7 +221,8 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
             let bound = listener.local_addr().unwrap_or(addr);
             // Ends with the process; nothing there needs draining.
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, pullthrough::http::ops::metrics_router()).await
+                if let Err(e) =
+                    axum::serve(listener, pullthrough::http::ops::metrics_router()).await
                 {
                     tracing::error!(error = %e, "the metrics listener failed");
                 }

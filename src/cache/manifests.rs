@@ -8,11 +8,11 @@ use bytes::Bytes;
 
 use super::{Cache, Marker, TagPointer, Target, inline_copy, verified_inline};
 use super::{CacheError, Wanted};
+use crate::metrics::{Lookup, LookupKind, cache_lookup};
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::schema1;
 use crate::oci::{Digest, Reference, Tag};
-use crate::metrics::{Lookup, LookupKind, cache_lookup};
 use crate::store::keys;
 use crate::upstream::UpstreamError;
 

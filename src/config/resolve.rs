@@ -475,7 +475,8 @@ mod tests {
     fn metrics_listen_and_log_format() {
         let c = Config::from_toml(&Settings::default(), "").unwrap();
         assert_eq!((c.metrics_listen, c.log_format), (None, None));
-        let c = Config::from_toml(&Settings::default(), "metrics_listen = \"127.0.0.1:9090\"").unwrap();
+        let c =
+            Config::from_toml(&Settings::default(), "metrics_listen = \"127.0.0.1:9090\"").unwrap();
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
         let s = Settings {
             metrics_listen: Some("0.0.0.0:9100".into()),

@@ -142,12 +142,12 @@ impl RequestLog {
         tracing::info!(
             method = %self.method,
             path = %self.path,
-            query = self.query.as_deref(),
+            query = self.query.as_deref().map(tracing::field::display),
             status = self.status,
             ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,
-            upstream = self.notes.upstream.as_deref(),
-            cache,
+            upstream = self.notes.upstream.as_deref().map(tracing::field::display),
+            %cache,
             store_calls = self.store_calls,
             client = self.client.map(tracing::field::display),
             "request"

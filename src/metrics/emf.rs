@@ -213,7 +213,10 @@ mod tests {
         );
         let mut now = prev.clone();
         now.insert("requests_total".into(), fig(5.0, Unit::Count));
-        now.insert("requests_total.manifest.GET.200".into(), fig(2.0, Unit::Count));
+        now.insert(
+            "requests_total.manifest.GET.200".into(),
+            fig(2.0, Unit::Count),
+        );
         now.insert(
             "request_duration_seconds.blob".into(),
             Figure {

@@ -35,7 +35,10 @@ impl<T: Default> Series<T> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let (key, values): (String, Vec<String>) = if map.len() >= MAX_SERIES {
             let other = vec!["other"; values.len()];
-            (self::key(&other), other.iter().map(|v| (*v).to_owned()).collect())
+            (
+                self::key(&other),
+                other.iter().map(|v| (*v).to_owned()).collect(),
+            )
         } else {
             (key, values.iter().map(|v| (*v).to_owned()).collect())
         };

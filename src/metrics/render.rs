@@ -128,7 +128,11 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(
-            labels(&["a", "b"], &["x\"y".into(), "back\\slash\nnew".into()], None),
+            labels(
+                &["a", "b"],
+                &["x\"y".into(), "back\\slash\nnew".into()],
+                None
+            ),
             r#"{a="x\"y",b="back\\slash\nnew"}"#
         );
         assert_eq!(labels(&[], &[], None), "");
@@ -192,7 +196,10 @@ mod tests {
             "pullthrough_store_requests_total counter",
             "pullthrough_stale_served_total counter",
         ] {
-            assert!(text.contains(&format!("# TYPE {name}\n")), "{name}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {name}\n")),
+                "{name}:\n{text}"
+            );
         }
     }
 }

@@ -79,7 +79,10 @@ impl Store for Counted {
         body: ByteStream,
     ) -> Result<u64, StoreError> {
         note("put_stream", key);
-        done("put_stream", self.inner.put_stream(key, len_hint, body).await)
+        done(
+            "put_stream",
+            self.inner.put_stream(key, len_hint, body).await,
+        )
     }
 
     async fn open(

@@ -20,6 +20,7 @@ mod lambda_fill;
 mod layers;
 mod load;
 mod manifests;
+mod observability;
 mod oci_client_pull;
 mod parsers_prop;
 mod routing;
