@@ -10,7 +10,7 @@
 //! methods, HTTP status codes, store operation names; and each family holds at most
 //! [`MAX_SERIES`] label sets, further ones being counted under `other`.
 //!
-//! [`request`] is the other half: what the layers below the edge tell the edge about the
+//! [`request`](mod@request) is the other half: what the layers below the edge tell the edge about the
 //! request they work for (which upstream, hit or miss), through a task-local, so the request log
 //! line can say it without the cache knowing HTTP.
 //!

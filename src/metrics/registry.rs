@@ -14,9 +14,12 @@ pub const MAX_SERIES: usize = 1000;
 /// only has to be unique, and values are kept apart from it).
 const SEP: char = '\u{1f}';
 
+/// One label set's values and its figure.
+type Entry<T> = Arc<(Vec<String>, T)>;
+
 /// Label values → one series, under a lock taken for writing only for a new label set.
 struct Series<T> {
-    map: RwLock<BTreeMap<String, Arc<(Vec<String>, T)>>>,
+    map: RwLock<BTreeMap<String, Entry<T>>>,
 }
 
 impl<T: Default> Series<T> {
@@ -27,7 +30,7 @@ impl<T: Default> Series<T> {
     }
 
     /// The series of `values`, created if new (or the `other` series when the family is full).
-    fn get(&self, values: &[&str]) -> Arc<(Vec<String>, T)> {
+    fn get(&self, values: &[&str]) -> Entry<T> {
         let key = key(values);
         if let Some(s) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Arc::clone(s);
@@ -49,7 +52,7 @@ impl<T: Default> Series<T> {
     }
 
     /// Every series, ordered by label values.
-    fn snapshot(&self) -> Vec<Arc<(Vec<String>, T)>> {
+    fn snapshot(&self) -> Vec<Entry<T>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())

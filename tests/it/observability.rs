@@ -702,3 +702,50 @@ async fn lambda_writes_one_emf_line_per_invocation_with_what_changed() {
     assert!(emf.get("upstream_requests_total").is_none(), "{emf}");
     assert!(emf.get("upstream_bytes_total").is_none(), "{emf}");
 }
+
+/// The Grafana dashboard in `docs/` is valid JSON, picks its Prometheus data source through a
+/// variable, and queries only metrics the process exports; docs/operations.md lists them all.
+#[test]
+fn the_dashboard_and_the_docs_name_the_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["type"] == "datasource" && v["query"] == "prometheus")
+    );
+    let exported = Scrape::parse(
+        pullthrough::metrics::render()
+            .lines()
+            .map(|l| Ok(l.to_owned())),
+    )
+    .unwrap()
+    .docs;
+    let names = regex::Regex::new(r"pullthrough_[a-z_]+").unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            for m in names.find_iter(target["expr"].as_str().unwrap()) {
+                let family = m.as_str().trim_end_matches("_bucket");
+                assert!(exported.contains_key(family), "{family} is not exported");
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10);
+    let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    for family in exported.keys() {
+        let short = family.trim_start_matches("pullthrough_");
+        assert!(
+            ops.contains(&format!("| `{short}` |")),
+            "{short} is not in docs/operations.md"
+        );
+    }
+}
