@@ -285,6 +285,8 @@ async fn lambda_from_env(settings: &Settings) -> Result<lambda::Function, AppErr
     let config = Config::load(settings)?;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").map_err(|_| AppError::NoFunctionName)?;
+    let s = config.summary();
+    tracing::info!(function = %function_name, store = %s.store, upstreams = %s.upstreams, default_upstream = %s.default_upstream, auth = %s.auth, tag_ttl = %s.tag_ttl, presign_ttl = %s.presign_ttl, "pullthrough Lambda configuration");
     lambda_function(config, function_name).await
 }
 

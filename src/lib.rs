@@ -21,7 +21,8 @@
 //!   `GetSecretValue` and Lambda `Invoke`.
 //! - [`oci`]: digests, names, references, media types and `Accept` parsing.
 //! - Leaves: [`config`] (one validated configuration from flags, environment and a TOML file),
-//!   [`secrets`] (where secrets are read), [`bounded`] (the one bounded map).
+//!   [`secrets`] (where secrets are read), [`bounded`] (the one bounded map), [`metrics`] (the
+//!   process's figures: Prometheus text, Lambda EMF lines, and what a request's log line says).
 //!
 //! [`app()`] assembles a router from a configuration; [`serve`] runs it on a listener until a
 //! shutdown future resolves, which is what lets tests run the real server on `127.0.0.1:0`.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod http;
 pub mod lambda;
 pub mod lifecycle;
+pub mod metrics;
 pub mod oci;
 pub mod secrets;
 pub mod store;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use pullthrough::AppError;
-use pullthrough::config::{Config, Settings};
+use pullthrough::config::{Config, LogFormat, Settings};
 
 #[derive(Parser)]
 #[command(version, about = "A pull-through cache for OCI container images")]
@@ -81,6 +81,18 @@ struct LsArgs {
     settings: Settings,
 }
 
+impl Command {
+    fn settings(&self) -> &Settings {
+        match self {
+            Command::Serve(s) | Command::Verify(s) => s,
+            Command::Gc(a) => &a.settings,
+            Command::Purge(a) => &a.settings,
+            Command::Prefetch(a) => &a.settings,
+            Command::Ls(a) => &a.settings,
+        }
+    }
+}
+
 /// Lambda mode takes its settings from the environment only (Lambda passes no arguments).
 #[derive(Parser)]
 struct LambdaSettings {
@@ -90,8 +102,14 @@ struct LambdaSettings {
 
 fn main() -> ExitCode {
     let lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-    init_tracing(lambda);
-    match start(lambda) {
+    let command = (!lambda).then(|| Cli::parse().command);
+    let settings = match &command {
+        Some(c) => c.settings().clone(),
+        None => LambdaSettings::parse_from(["pullthrough"]).settings,
+    };
+    // A bad value is reported by `Config::load`, in the default format.
+    init_tracing(lambda, LogFormat::from_settings(&settings).ok().flatten());
+    match start(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pullthrough: {e}");
@@ -109,10 +127,25 @@ fn exit_code(e: &AppError) -> ExitCode {
     }
 }
 
-fn init_tracing(lambda: bool) {
+/// Logs to stdout as `format` says: JSON (the default in Lambda: one object per line, fields at
+/// the top level, for CloudWatch Logs Insights) or text.
+fn init_tracing(lambda: bool, format: Option<LogFormat>) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if lambda {
+    let format = format.unwrap_or(if lambda {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    if format == LogFormat::Json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else if lambda {
         // CloudWatch adds timestamps and shows no colours.
         tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -130,9 +163,10 @@ fn init_tracing(lambda: bool) {
     }
 }
 
-/// Starts the async runtime and runs the Lambda function or the command line's command on it.
-fn start(lambda: bool) -> Result<ExitCode, AppError> {
-    let runtime = if lambda {
+/// Starts the async runtime and runs the command line's command on it, or the Lambda function
+/// when there is none.
+fn start(command: Option<Command>) -> Result<ExitCode, AppError> {
+    let runtime = if command.is_none() {
         // One invocation at a time: a current-thread runtime starts faster and is enough.
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -143,11 +177,12 @@ fn start(lambda: bool) -> Result<ExitCode, AppError> {
             .build()
     }
     .map_err(AppError::Runtime)?;
-    if lambda {
-        runtime.block_on(run_lambda())?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        runtime.block_on(run(Cli::parse().command))
+    match command {
+        None => {
+            runtime.block_on(run_lambda())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(command) => runtime.block_on(run(command)),
     }
 }
 
@@ -176,12 +211,43 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
     let services = pullthrough::server_services(&config).await?;
     let listen = config.listen;
     let limits = config.connections.clone();
+    let summary = config.summary();
+    let metrics_listen = config.metrics_listen;
     let (router, cache) = pullthrough::build(config, store, Arc::default(), services)?;
     let _gc = pullthrough::app::periodic_gc(&cache);
     let listener = pullthrough::app::bind(listen).await?;
-    // The bound address, not the configured one: with port 0 this says which port was chosen.
+    // The bound addresses, not the configured ones: with port 0 this says which port was chosen.
     let listen = listener.local_addr().unwrap_or(listen);
-    tracing::info!(%listen, "pullthrough serving");
+    let metrics_listen = match metrics_listen {
+        Some(addr) => {
+            let listener = pullthrough::app::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            // Ends with the process; nothing there needs draining.
+            tokio::spawn(async move {
+                if let Err(e) =
+                    axum::serve(listener, pullthrough::http::ops::metrics_router()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+            eprintln!("pullthrough: metrics on http://{bound}/metrics");
+            bound.to_string()
+        }
+        None => format!("{listen} (with the API)"),
+    };
+    tracing::info!(
+        %listen,
+        metrics = %metrics_listen,
+        store = %summary.store,
+        upstreams = %summary.upstreams,
+        default_upstream = %summary.default_upstream,
+        auth = %summary.auth,
+        tag_ttl = %summary.tag_ttl,
+        presign_ttl = %summary.presign_ttl,
+        admin_api = %summary.admin_api,
+        gc = %summary.gc,
+        "pullthrough serving"
+    );
     eprintln!("pullthrough: serving on http://{listen}");
     let shutdown = shutdown_signal().map_err(AppError::Signals)?;
     pullthrough::serve_with(listener, router, limits, shutdown).await?;

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::spill::{Reservation, Spill, SpillError};
 use super::{Cache, CacheError, Marker, Target, Wanted};
+use crate::metrics::{self, Lookup, LookupKind};
 use crate::oci::Digest;
 use crate::store::{BlobRead, RangeRequest, keys};
 use crate::store::{FillError, VerifyingStream};
@@ -102,8 +103,10 @@ impl Cache {
         if self.read_marker(target, digest).await?.is_some()
             && let Some(read) = self.read_stored(&key, range).await?
         {
+            metrics::cache_lookup(LookupKind::Blob, Lookup::Hit);
             return Ok(BlobAnswer::Stored(read));
         }
+        metrics::cache_lookup(LookupKind::Blob, Lookup::Miss);
         if self.store.head(&key).await?.is_some() {
             self.confirm_shared(target, digest).await?;
         } else if let Some(policy) = &self.fill_policy
@@ -205,8 +208,10 @@ impl Cache {
     /// HEAD.
     pub async fn blob_size(&self, target: &Target, digest: &Digest) -> Result<u64, CacheError> {
         if let Some(m) = self.read_marker(target, digest).await? {
+            metrics::cache_lookup(LookupKind::Blob, Lookup::Hit);
             return Ok(m.size);
         }
+        metrics::cache_lookup(LookupKind::Blob, Lookup::Miss);
         if let Some(size) = self.store.head(&keys::blob(digest)).await? {
             self.confirm_shared(target, digest).await?;
             return Ok(size);
@@ -394,11 +399,13 @@ impl Cache {
             }
             return self.confirm_with_upstream(target, digest).await;
         }
+        let mut fill = metrics::Fill::start();
         let body = target
             .upstream
             .get_blob_observed(&target.repo, digest, redirects)
             .await
-            .map_err(|e| CacheError::upstream(e, Wanted::Blob))?;
+            .map_err(|e| CacheError::upstream(e, Wanted::Blob))
+            .inspect_err(|_| fill.failed())?;
         let len = body.len;
         // A transfer that fails mid-body is a fill refused for its source.
         let source =
@@ -420,6 +427,7 @@ impl Cache {
                     .await
             }
         };
+        fill.finish(stored.is_ok());
         let size = stored.inspect_err(|e| {
             tracing::warn!(repo = %target.scoped_name(), %digest, error = %e, "blob fill failed");
         })?;

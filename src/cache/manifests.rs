@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::{Cache, Marker, TagPointer, Target, inline_copy, verified_inline};
 use super::{CacheError, Wanted};
+use crate::metrics::{Lookup, LookupKind, cache_lookup};
 use crate::oci::digest::Algorithm;
 use crate::oci::media::{self, ClientAccept};
 use crate::oci::schema1;
@@ -51,10 +52,13 @@ impl Cache {
         accept: &ClientAccept,
     ) -> Result<ManifestAnswer, CacheError> {
         let key = keys::tag(target.alias(), &target.repo, tag);
+        let miss = || cache_lookup(LookupKind::Tag, Lookup::Miss);
         let Some((pointer, seen_at)) = self.load_pointer(&key).await? else {
+            miss();
             return self.fetch_tag(target, tag, accept).await;
         };
         let Ok(digest) = Digest::parse(&pointer.digest) else {
+            miss();
             return self.fetch_tag(target, tag, accept).await;
         };
         if self.is_fresh(target, &pointer) {
@@ -62,8 +66,14 @@ impl Cache {
                 .answer_from_pointer(target, &key, pointer, seen_at, &digest)
                 .await?
             {
-                Some(a) => Ok(a),
-                None => self.fetch_tag(target, tag, accept).await,
+                Some(a) => {
+                    cache_lookup(LookupKind::Tag, Lookup::Hit);
+                    Ok(a)
+                }
+                None => {
+                    miss();
+                    self.fetch_tag(target, tag, accept).await
+                }
             };
         }
         // Stale: one HEAD decides whether the cached digest is still current.
@@ -74,8 +84,10 @@ impl Cache {
         match head {
             Ok(info) if info.digest.as_ref() == Some(&digest) => {
                 let Some(answer) = self.cached_manifest(target, &digest).await? else {
+                    miss();
                     return self.fetch_tag(target, tag, accept).await;
                 };
+                cache_lookup(LookupKind::Tag, Lookup::Revalidated);
                 let now = self.clock.now_ms();
                 let refreshed = TagPointer {
                     checked_at: now,
@@ -88,11 +100,15 @@ impl Cache {
                 Ok(answer)
             }
             Ok(_) => match self.fetch_tag(target, tag, accept).await {
-                Ok(a) => Ok(a),
+                Ok(a) => {
+                    miss();
+                    Ok(a)
+                }
                 Err(e) if e.is_transient() => self.stale(target, &digest, e).await,
                 Err(e) => Err(e),
             },
             Err(e @ UpstreamError::NotFound { .. }) => {
+                miss();
                 Err(CacheError::upstream(e, Wanted::Manifest))
             }
             Err(e) => {
@@ -169,11 +185,16 @@ impl Cache {
     ) -> Result<ManifestAnswer, CacheError> {
         match self.cached_manifest(target, digest).await? {
             Some(mut a) => {
+                cache_lookup(LookupKind::Tag, Lookup::Stale);
+                crate::metrics::stale_served(target.alias());
                 tracing::warn!(repo = %target.scoped_name(), error = %upstream_err, "serving stale tag");
                 a.warning = Some(format!("299 - \"stale: {} unreachable\"", target.alias()));
                 Ok(a)
             }
-            None => Err(upstream_err),
+            None => {
+                cache_lookup(LookupKind::Tag, Lookup::Miss);
+                Err(upstream_err)
+            }
         }
     }
 
@@ -234,8 +255,10 @@ impl Cache {
         accept: &ClientAccept,
     ) -> Result<ManifestAnswer, CacheError> {
         if let Some(a) = self.cached_manifest(target, digest).await? {
+            cache_lookup(LookupKind::Manifest, Lookup::Hit);
             return Ok(a);
         }
+        cache_lookup(LookupKind::Manifest, Lookup::Miss);
         let flight_key = target.scoped_digest(digest);
         let this = self.handle();
         let target = target.clone();
@@ -402,6 +425,7 @@ impl Cache {
         tag: &Tag,
         accept: &ClientAccept,
     ) -> Result<ManifestAnswer, CacheError> {
+        cache_lookup(LookupKind::Tag, Lookup::Miss);
         self.fetch_and_store(target, tag.as_str(), &accept.forwarded_header(), None)
             .await
     }

@@ -310,6 +310,28 @@ impl Cache {
         self.blob_markers.clear();
     }
 
+    /// Whether the store answers a cheap request (`/readyz`): a HEAD of a fixed key (S3: one
+    /// `HeadObject`, whatever the bucket holds); a store whose writes begin in a local temporary
+    /// directory (the filesystem store) must also still have that directory. The error says
+    /// what failed.
+    pub async fn check_store(&self) -> Result<(), String> {
+        // The empty blob's digest: a valid key on every store, usually absent.
+        let probe = Digest::parse(
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .map_err(|e| e.to_string())?;
+        self.store
+            .head(&crate::store::keys::blob(&probe))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = self.store.spill_path().as_deref().and_then(|p| p.parent()) {
+            tokio::fs::metadata(dir)
+                .await
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The cache's clock, in Unix milliseconds (tests move it forward).
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -354,6 +376,7 @@ impl Cache {
                 upstream.alias()
             )));
         }
+        crate::metrics::request::note_upstream(upstream.alias());
         Ok(Target {
             upstream,
             repo,

@@ -88,4 +88,10 @@ pub struct Settings {
     /// Failed logins allowed per client address and per user per minute (default 10).
     #[arg(long, env = "PULLTHROUGH_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<String>,
+    /// Log lines as `text` (the default of the server) or `json` (the default in Lambda).
+    #[arg(long, env = "PULLTHROUGH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Serve `/metrics` on this address only (e.g. 127.0.0.1:9090) instead of on the main one.
+    #[arg(long, env = "PULLTHROUGH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }

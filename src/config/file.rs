@@ -44,6 +44,7 @@ pub(super) struct FileConfig {
     pub(super) bcrypt_concurrency: Option<usize>,
     pub(super) bcrypt_wait: Option<String>,
     pub(super) auth_failures_per_minute: Option<u32>,
+    pub(super) metrics_listen: Option<String>,
     #[serde(default)]
     pub(super) upstream: Vec<FileUpstream>,
     pub(super) s3: Option<FileS3>,

@@ -135,6 +135,121 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Bounds on password checks (bcrypt) with client auth on.
     pub auth_limits: AuthLimits,
+    /// Server mode: serve `/metrics` on this address only (not on `listen`); `None` serves it
+    /// beside the API.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written; `None`: the mode's default (text for the server, JSON in
+    /// Lambda). `main` reads it with [`LogFormat::from_settings`] before the rest is loaded, so
+    /// that configuration errors are logged in the chosen format too.
+    pub log_format: Option<LogFormat>,
+}
+
+/// `PULLTHROUGH_LOG_FORMAT`: how log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event (`key=value` fields), coloured only on a terminal.
+    Text,
+    /// One JSON object per line, fields at the top level (CloudWatch Logs Insights, Loki, jq).
+    Json,
+}
+
+impl LogFormat {
+    /// The format `settings` ask for, `None` when they name none; an error for anything but
+    /// `text` or `json`.
+    pub fn from_settings(settings: &Settings) -> Result<Option<LogFormat>, ConfigError> {
+        match settings.log_format.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(t) if t.eq_ignore_ascii_case("text") => Ok(Some(LogFormat::Text)),
+            Some(t) if t.eq_ignore_ascii_case("json") => Ok(Some(LogFormat::Json)),
+            Some(t) => Err(err(format!(
+                "PULLTHROUGH_LOG_FORMAT/--log-format: {t:?} is not a log format; use text or json"
+            ))),
+        }
+    }
+}
+
+/// What the start-up log line says about a configuration: enough to tell which store,
+/// upstreams, client auth and TTLs a process runs with, and never a secret (no passwords, no
+/// token key, no user entries, no credentials inside URLs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub store: String,
+    /// `alias=origin` per upstream, with `(tag_ttl=…)` where it has its own, comma-separated;
+    /// credentials appear as `+credentials` or `+secret`, never their values.
+    pub upstreams: String,
+    pub default_upstream: String,
+    /// `none`, `htpasswd (N users)` or `secret <ARN>`.
+    pub auth: String,
+    pub tag_ttl: String,
+    pub presign_ttl: String,
+    /// `on` when `PULLTHROUGH_ADMIN_TOKEN` is set (never the token), else `off`.
+    pub admin_api: String,
+    /// Server mode's periodic gc: `every <interval>, older than <retention>`, or `off`.
+    pub gc: String,
+}
+
+impl Config {
+    /// The start-up line's view of this configuration.
+    pub fn summary(&self) -> Summary {
+        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut s = format!("{}={}", u.alias, u.url.origin().ascii_serialization());
+                if let Some(t) = u.tag_ttl {
+                    s.push_str(&format!(" (tag_ttl={})", secs(t)));
+                }
+                if u.secret_arn.is_some() {
+                    s.push_str(" +secret");
+                } else if u.username.is_some() {
+                    s.push_str(" +credentials");
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let auth = match &self.auth {
+            ClientAuthSetting::None => "none".to_owned(),
+            ClientAuthSetting::Htpasswd(text) => format!(
+                "htpasswd ({} users)",
+                text.lines()
+                    .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                    .count()
+            ),
+            ClientAuthSetting::Secret { arn, .. } => format!("secret {arn}"),
+        };
+        Summary {
+            store: self.store.to_string(),
+            upstreams,
+            default_upstream: self.default_upstream.clone(),
+            auth,
+            tag_ttl: secs(self.tag_ttl),
+            presign_ttl: secs(self.presign_ttl),
+            admin_api: if self.admin_token.is_some() { "on" } else { "off" }.to_owned(),
+            gc: match self.gc.interval {
+                Some(every) => format!(
+                    "every {}, older than {}",
+                    secs(every),
+                    secs(self.gc.older_than)
+                ),
+                None => "off".to_owned(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for StoreLocation {
+    /// As configured: `s3://bucket/prefix` or the directory.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreLocation::Fs(root) => write!(f, "{}", root.display()),
+            StoreLocation::S3 { bucket, prefix } if prefix.is_empty() => {
+                write!(f, "s3://{bucket}")
+            }
+            StoreLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
 }
 
 /// The `[spill]` table: local disk between a cold blob's upstream and its readers (clients and
@@ -410,5 +525,42 @@ mod tests {
                 .to_string()
                 .contains("use one")
         );
+    }
+
+    #[test]
+    fn the_start_up_summary_names_no_secret() {
+        let toml = r#"
+default_upstream = "local"
+tag_ttl = "90s"
+[[upstream]]
+alias = "local"
+url = "https://registry.example:8443/path"
+username = "robot"
+password = "s3cr3t-password"
+tag_ttl = "5m"
+[s3]
+region = "eu-west-1"
+"#;
+        let s = Settings {
+            store: Some("s3://bucket/prefix".into()),
+            token_key: Some("k".repeat(40)),
+            ..Settings::default()
+        };
+        let c = Config::from_toml(&s, toml).unwrap();
+        let summary = c.summary();
+        assert_eq!(summary.store, "s3://bucket/prefix");
+        assert_eq!(summary.default_upstream, "local");
+        assert_eq!(summary.auth, "none");
+        assert_eq!(summary.tag_ttl, "90s");
+        assert!(
+            summary
+                .upstreams
+                .contains("local=https://registry.example:8443 (tag_ttl=300s) +credentials"),
+            "{summary:?}"
+        );
+        let all = format!("{summary:?}");
+        for secret in ["s3cr3t-password", "robot", "kkkk"] {
+            assert!(!all.contains(secret), "{secret} in {all}");
+        }
     }
 }

@@ -33,6 +33,17 @@ pub(super) fn resolve(s: &Settings, mut file: FileConfig) -> Result<Config, Conf
             ))
         })?;
 
+    let metrics_listen = match s.metrics_listen.clone().or(file.metrics_listen) {
+        None => None,
+        Some(t) if t.trim().is_empty() => None,
+        Some(t) => Some(t.trim().parse().map_err(|_| {
+            err(format!(
+                "PULLTHROUGH_METRICS_LISTEN/metrics_listen: {t:?} is not a socket address; use e.g. 127.0.0.1:9090"
+            ))
+        })?),
+    };
+    let log_format = super::LogFormat::from_settings(s)?;
+
     let store_text = s
         .store
         .clone()
@@ -178,6 +189,8 @@ pub(super) fn resolve(s: &Settings, mut file: FileConfig) -> Result<Config, Conf
 
     Ok(Config {
         listen,
+        metrics_listen,
+        log_format,
         store,
         default_upstream,
         upstreams,
@@ -465,5 +478,33 @@ mod tests {
             "",
         );
         assert!(e.contains("PULLTHROUGH_AUTH_FAILURES_PER_MINUTE"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format() {
+        let c = Config::from_toml(&Settings::default(), "").unwrap();
+        assert_eq!((c.metrics_listen, c.log_format), (None, None));
+        let c =
+            Config::from_toml(&Settings::default(), "metrics_listen = \"127.0.0.1:9090\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let s = Settings {
+            metrics_listen: Some("0.0.0.0:9100".into()),
+            log_format: Some("JSON".into()),
+            ..Settings::default()
+        };
+        let c = Config::from_toml(&s, "metrics_listen = \"127.0.0.1:9090\"").unwrap();
+        assert_eq!(c.metrics_listen, Some("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(c.log_format, Some(crate::config::LogFormat::Json));
+        let bad = |s: Settings| Config::from_toml(&s, "").unwrap_err().to_string();
+        let e = bad(Settings {
+            metrics_listen: Some("9090".into()),
+            ..Settings::default()
+        });
+        assert!(e.contains("PULLTHROUGH_METRICS_LISTEN"), "{e}");
+        let e = bad(Settings {
+            log_format: Some("xml".into()),
+            ..Settings::default()
+        });
+        assert!(e.contains("PULLTHROUGH_LOG_FORMAT"), "{e}");
     }
 }

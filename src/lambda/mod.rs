@@ -18,6 +18,10 @@
 //!   `{"gc": report}` or `{"prefetch": report}`. They run up to the function's timeout, not API
 //!   Gateway's 30 s.
 //!
+//! After each invocation, the figures that changed during it are written to stdout as one
+//! CloudWatch embedded-metric-format line ([`crate::metrics::emf`]); CloudWatch Logs turns it
+//! into metrics of the namespace `Pullthrough`.
+//!
 //! Everything is built once, at init (by `crate::app`, from the configuration), without network
 //! I/O (the S3, Lambda and Secrets Manager clients resolve credentials on first use), and reused
 //! by every invocation. This module speaks the Lambda side only: events in, payloads out, the
@@ -211,7 +215,14 @@ pub async fn run(function: Function) -> Result<(), RuntimeError> {
     lambda_runtime::run(lambda_runtime::service_fn(
         move |event: lambda_runtime::LambdaEvent<Box<RawValue>>| {
             let function = function.clone();
-            async move { function.handle(event.payload.get()).await }
+            async move {
+                let answer = function.handle(event.payload.get()).await;
+                // Written before the answer is posted, so the line belongs to this invocation.
+                if let Some(line) = crate::metrics::emf::since_last() {
+                    println!("{line}");
+                }
+                answer
+            }
         },
     ))
     .await

@@ -1,4 +1,5 @@
-//! Counts and logs store calls per request.
+//! Counts and logs store calls per request, and counts every store call and its result in the
+//! process's figures ([`crate::metrics`]).
 //!
 //! [`Counted`] wraps any store; [`counting`] runs a request's future with a task-local counter
 //! that every call made on that task increments. The HTTP edge reports the count in its request
@@ -33,6 +34,12 @@ fn note(op: &'static str, key: &Key) {
     tracing::debug!(op, %key, "store call");
 }
 
+/// Counts a finished store call in the process's figures (`pullthrough_store_requests_total`).
+fn done<T>(op: &'static str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    crate::metrics::store_request(op, result.is_ok());
+    result
+}
+
 pub struct Counted {
     inner: Arc<dyn Store>,
 }
@@ -47,22 +54,22 @@ impl Counted {
 impl Store for Counted {
     async fn get(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
         note("get", key);
-        self.inner.get(key).await
+        done("get", self.inner.get(key).await)
     }
 
     async fn put(&self, key: &Key, bytes: Bytes, content_type: &str) -> Result<(), StoreError> {
         note("put", key);
-        self.inner.put(key, bytes, content_type).await
+        done("put", self.inner.put(key, bytes, content_type).await)
     }
 
     async fn head(&self, key: &Key) -> Result<Option<u64>, StoreError> {
         note("head", key);
-        self.inner.head(key).await
+        done("head", self.inner.head(key).await)
     }
 
     async fn list(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
         note("list", prefix);
-        self.inner.list(prefix).await
+        done("list", self.inner.list(prefix).await)
     }
 
     async fn put_stream(
@@ -72,7 +79,10 @@ impl Store for Counted {
         body: ByteStream,
     ) -> Result<u64, StoreError> {
         note("put_stream", key);
-        self.inner.put_stream(key, len_hint, body).await
+        done(
+            "put_stream",
+            self.inner.put_stream(key, len_hint, body).await,
+        )
     }
 
     async fn open(
@@ -81,7 +91,7 @@ impl Store for Counted {
     ) -> Result<Option<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>>, StoreError>
     {
         note("open", key);
-        self.inner.open(key).await
+        done("open", self.inner.open(key).await)
     }
 
     fn serves_by_redirect(&self) -> bool {
@@ -94,7 +104,7 @@ impl Store for Counted {
 
     async fn adopt(&self, key: &Key, path: &std::path::Path) -> Result<(), StoreError> {
         note("adopt", key);
-        self.inner.adopt(key, path).await
+        done("adopt", self.inner.adopt(key, path).await)
     }
 
     async fn read_through(
@@ -103,7 +113,7 @@ impl Store for Counted {
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobRead>, StoreError> {
         note("read", key);
-        self.inner.read_through(key, range).await
+        done("read", self.inner.read_through(key, range).await)
     }
 
     async fn read(
@@ -111,17 +121,18 @@ impl Store for Counted {
         key: &Key,
         range: Option<RangeRequest>,
     ) -> Result<Option<BlobRead>, StoreError> {
-        let read = self.inner.read(key, range).await?;
+        let read = self.inner.read(key, range).await;
         // A redirect is computed locally (a presigned URL): not a store request.
-        if !matches!(read, Some(BlobRead::Redirect(_))) {
+        if !matches!(read, Ok(Some(BlobRead::Redirect(_)))) {
             note("read", key);
+            crate::metrics::store_request("read", read.is_ok());
         }
-        Ok(read)
+        read
     }
 
     async fn get_versioned(&self, key: &Key) -> Result<Option<(Bytes, String)>, StoreError> {
         note("get_versioned", key);
-        self.inner.get_versioned(key).await
+        done("get_versioned", self.inner.get_versioned(key).await)
     }
 
     async fn put_if(
@@ -131,12 +142,12 @@ impl Store for Counted {
         condition: Condition,
     ) -> Result<Option<String>, StoreError> {
         note("put_if", key);
-        self.inner.put_if(key, bytes, condition).await
+        done("put_if", self.inner.put_if(key, bytes, condition).await)
     }
 
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         note("delete", key);
-        self.inner.delete(key).await
+        done("delete", self.inner.delete(key).await)
     }
 
     async fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {

@@ -225,8 +225,10 @@ impl Upstream {
             .await?;
         let len = resp.content_length();
         let upstream = self.config.alias.clone();
+        let counted = self.config.alias.clone();
         let stream = resp
             .bytes_stream()
+            .inspect_ok(move |chunk| crate::metrics::upstream_bytes(&counted, chunk.len() as u64))
             .map_err(move |e| std::io::Error::other(format!("{upstream}: {e}")))
             .boxed();
         Ok(BlobBody { len, stream })
@@ -296,6 +298,7 @@ impl Upstream {
             }
             body.extend_from_slice(&chunk);
         }
+        crate::metrics::upstream_bytes(&self.config.alias, body.len() as u64);
         if let Some(d) = declared
             && d != body.len() as u64
         {
@@ -475,7 +478,10 @@ impl Upstream {
         {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let sent = req.send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::metrics::upstream_request(&self.config.alias, "GET", status);
+        let resp = sent.map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(UpstreamError::Denied {
@@ -583,7 +589,10 @@ impl Upstream {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            match req.send().await {
+            let sent = req.send().await;
+            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+            crate::metrics::upstream_request(&self.config.alias, method.as_str(), status);
+            match sent {
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_connect() && attempt == 0 && guard::refusal(&e).is_none() => {
                     attempt += 1;

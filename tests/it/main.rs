@@ -23,6 +23,7 @@ mod layers;
 mod lifecycle_ops;
 mod load;
 mod manifests;
+mod observability;
 mod oci_client_pull;
 mod parsers_prop;
 mod routing;
