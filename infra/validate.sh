@@ -121,8 +121,9 @@ try:
     widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
     named = {m[1] for w in widgets for m in w["properties"]["metrics"]
              if len(m) > 1 and isinstance(m[1], str) and m[0] != "..."}
-    for metric in ["requests", "cache_hits", "cache_misses", "upstream_requests", "upstream_bytes",
-                   "served_bytes", "fills_failed", "stale_served", "5xx", "Errors", "Throttles", "Duration"]:
+    for metric in ["requests_total", "cache_lookups_total.tag.hit", "cache_lookups_total.blob.miss",
+                   "upstream_requests_total", "upstream_bytes_total", "served_bytes_total",
+                   "fills_total.error", "stale_served_total", "5xx", "Errors", "Throttles", "Duration"]:
         check(metric in named, f"the dashboard shows {metric}")
 except (KeyError, ValueError, IndexError) as e:
     check(False, f"the dashboard body is JSON: {e}")
@@ -130,7 +131,7 @@ except (KeyError, ValueError, IndexError) as e:
 alarms = [r for r in resources.values() if r.get("Type") == "AWS::CloudWatch::Alarm"]
 text = json.dumps(alarms)
 for what, needle in [("API 5xx rate", '"MetricName": "5xx"'), ("throttles", '"MetricName": "Throttles"'),
-                     ("fill failures", '"MetricName": "fills_failed"')]:
+                     ("fill failures", '"MetricName": "fills_total.error"')]:
     check(needle in text, f"an alarm on {what}")
 
 if failures:

@@ -29,7 +29,8 @@ pub use auth::credentials_env_prefix;
 pub use cli::Settings;
 pub use htpasswd::{Htpasswd, HtpasswdError};
 pub use lifecycle::{
-    AdminToken, GC_OLDER_THAN, GcSettings, GcValueError, gc_grace, gc_interval, gc_max_size, gc_older_than,
+    AdminToken, GC_OLDER_THAN, GcSettings, GcValueError, gc_grace, gc_interval, gc_max_size,
+    gc_older_than,
 };
 pub use parse::{ValueError, check_secret_arn, parse_duration, parse_size, secret_arn_region};
 pub use pattern::{PatternError, RepoPattern, allowed};
@@ -226,7 +227,12 @@ impl Config {
             auth,
             tag_ttl: secs(self.tag_ttl),
             presign_ttl: secs(self.presign_ttl),
-            admin_api: if self.admin_token.is_some() { "on" } else { "off" }.to_owned(),
+            admin_api: if self.admin_token.is_some() {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
             gc: match self.gc.interval {
                 Some(every) => format!(
                     "every {}, older than {}",

@@ -29,7 +29,8 @@ use super::{FAMILIES, Family};
 /// The CloudWatch namespace of every figure.
 pub const NAMESPACE: &str = "Pullthrough";
 
-/// CloudWatch takes at most this many metrics per directive.
+/// CloudWatch takes at most this many metrics per directive: more go in further directives of
+/// the same line, so no figure is ever dropped.
 const MAX_METRICS: usize = 100;
 
 /// One figure's cumulative state: a counter's value, or a histogram's count and sum.
@@ -153,9 +154,6 @@ fn line(prev: &Figures, now: &Figures, timestamp_ms: u64) -> Option<String> {
     let mut root = Map::new();
     let mut metrics = Vec::new();
     for (name, f) in now {
-        if metrics.len() == MAX_METRICS {
-            break;
-        }
         let before = prev.get(name).copied().unwrap_or_default();
         let (value, unit) = match f.unit {
             Unit::Level if f.value != before.value => (f.value, "Count"),
@@ -176,11 +174,14 @@ fn line(prev: &Figures, now: &Figures, timestamp_ms: u64) -> Option<String> {
         "_aws".to_owned(),
         json!({
             "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [[]],
-                "Metrics": metrics,
-            }],
+            "CloudWatchMetrics": metrics
+                .chunks(MAX_METRICS)
+                .map(|chunk| json!({
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [[]],
+                    "Metrics": chunk,
+                }))
+                .collect::<Vec<_>>(),
         }),
     );
     Some(Value::Object(root).to_string())
@@ -251,6 +252,30 @@ mod tests {
             ]
         );
         assert!(line(&now, &now, 43).is_none());
+    }
+
+    #[test]
+    fn more_than_a_directive_holds_go_in_further_directives() {
+        let now: Figures = (0..250)
+            .map(|i| {
+                (
+                    format!("store_requests_total.op{i:03}.ok"),
+                    fig(1.0, Unit::Count),
+                )
+            })
+            .collect();
+        let v: Value = serde_json::from_str(&line(&Figures::new(), &now, 1).unwrap()).unwrap();
+        let sizes: Vec<usize> = v["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["Metrics"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        assert_eq!(
+            v["store_requests_total.op249.ok"], 1.0,
+            "the last figure is there"
+        );
     }
 
     #[test]

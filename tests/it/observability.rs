@@ -749,3 +749,51 @@ fn the_dashboard_and_the_docs_name_the_metrics_that_exist() {
         );
     }
 }
+
+/// The SAM template's dashboard and alarms name `Pullthrough` figures the function writes: an
+/// EMF name is a family without `pullthrough_`, then label values or a status class.
+#[test]
+fn the_cloudwatch_dashboard_and_alarms_name_figures_the_function_writes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(root.join("infra/template.yaml")).unwrap();
+    let exported = Scrape::parse(
+        pullthrough::metrics::render()
+            .lines()
+            .map(|l| Ok(l.to_owned())),
+    )
+    .unwrap()
+    .docs;
+    let mut named: Vec<String> = Vec::new();
+    // Dashboard rows: ["Pullthrough","name"] and the [".","name"] rows that follow them.
+    let mut in_pullthrough = false;
+    for line in template.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("[\"Pullthrough\",\"") {
+            in_pullthrough = true;
+            named.push(rest.split('"').next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("[\".\",\"") {
+            if in_pullthrough {
+                named.push(rest.split('"').next().unwrap().to_owned());
+            }
+        } else if line.starts_with('[') {
+            in_pullthrough = false;
+        }
+    }
+    // Alarms: `Namespace: Pullthrough` then `MetricName: name`.
+    let lines: Vec<&str> = template.lines().map(str::trim).collect();
+    for pair in lines.windows(2) {
+        if pair[0] == "Namespace: Pullthrough"
+            && let Some(name) = pair[1].strip_prefix("MetricName: ")
+        {
+            named.push(name.to_owned());
+        }
+    }
+    assert!(named.len() >= 8, "{named:?}");
+    assert!(named.iter().any(|n| n == "fills_total.error"), "{named:?}");
+    for name in &named {
+        let family = format!("pullthrough_{}", name.split('.').next().unwrap());
+        assert!(
+            exported.contains_key(&family),
+            "infra/template.yaml names {name}, but {family} is not a metric"
+        );
+    }
+}
