@@ -148,8 +148,9 @@ impl RequestLog {
         tracing::info!(
             method = %self.method,
             path = %self.path,
-            query = self.query.as_deref().map(tracing::field::display),
+            // After the status, so that `method=… path=… status=…` reads (and greps) as one.
             status = self.status,
+            query = self.query.as_deref().map(tracing::field::display),
             ms = self.started.elapsed().as_millis() as u64,
             bytes = self.bytes,
             upstream = self.notes.upstream.as_deref().map(tracing::field::display),

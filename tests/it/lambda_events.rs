@@ -534,3 +534,47 @@ async fn a_prefetch_event_warms_an_image_and_a_gc_event_collects_it() {
         assert!(!s.s3.has_blob(&d).await, "{d} was collected: {out}");
     }
 }
+
+/// A Lambda instance is frozen between invocations, so the cache's 30 s background flush cannot
+/// be relied on: each invocation writes the last-pulled times it noted right after its answer.
+/// A manifest pulled by digest two hours after its marker was written gets a new `lastPulled`
+/// in the bucket, once however often it is pulled within the hour.
+#[tokio::test]
+async fn an_invocation_writes_the_last_pulled_times_it_noted_after_its_answer() {
+    let s = Setup::new(FakeOptions::default()).await;
+    let img = push_oci_index(&s.up, "team/app", "v1", 83);
+    let clock = Arc::new(Clock::default());
+    let f = function(&s.toml(""), &s.s3, &s.aws, Arc::clone(&clock)).await;
+    let accept = [("accept", DOCKER_CLIENT_ACCEPT)];
+    let path = format!("/v2/team/app/manifests/{}", img.amd64.digest);
+    let get = || call(&f, Source::HttpApi, "GET", &path, &accept);
+    assert_manifest_answer(&get().await, &img.amd64, false);
+
+    // Two hours on: the stored lastPulled is stale, so the next pull notes it (a manifest by
+    // digest is immutable: nothing else rewrites its marker).
+    clock.advance(std::time::Duration::from_secs(2 * 3_600));
+    s.s3.clear_calls();
+    assert_manifest_answer(&get().await, &img.amd64, false);
+    let marker = format!(
+        "/_digests/sha256/{}",
+        img.amd64.digest.trim_start_matches("sha256:")
+    );
+    let marker_puts = |calls: &[crate::support::s3::S3Call]| {
+        calls
+            .iter()
+            .filter(|c| c.op == "PutObject" && c.key.ends_with(&marker) && c.error.is_none())
+            .count()
+    };
+    s.s3.wait_for(
+        "the marker's lastPulled is written after the answer",
+        |calls| marker_puts(calls) == 1,
+    )
+    .await;
+
+    // Written once: more pulls within the hour write nothing more.
+    for _ in 0..3 {
+        assert_manifest_answer(&get().await, &img.amd64, false);
+    }
+    let calls = s.s3.calls();
+    assert_eq!(marker_puts(&calls), 1, "{calls:?}");
+}
