@@ -1,6 +1,7 @@
 //! The `pullthrough` command: `serve` runs the proxy as an HTTP server; `verify` checks that
-//! every blob in the store holds the bytes its name says; with `AWS_LAMBDA_RUNTIME_API` set
-//! (inside AWS Lambda) the same binary runs as the Lambda function.
+//! every blob in the store holds the bytes its name says and no pointer or marker names what is
+//! missing; `gc`, `purge`, `prefetch` and `ls` look after what is cached; with
+//! `AWS_LAMBDA_RUNTIME_API` set (inside AWS Lambda) the same binary runs as the Lambda function.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ struct Cli {
 enum Command {
     /// Run the proxy as an HTTP server (filesystem store by default).
     Serve(Settings),
-    /// Check every object under blobs/ against its digest; exit 1 if any does not match.
+    /// Check every object under blobs/ against its digest, and every tag pointer and marker
+    /// against what it names; exit 1 if anything does not match.
     Verify(Settings),
     /// Remove what no one pulled within the retention (mark and sweep); safe beside a server.
     Gc(GcArgs),
@@ -118,11 +120,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit status of a failure: 1 when the server ran and failed (or no runtime could start),
-/// 2 when setting up failed (configuration, store, clients, listener, signals, Lambda).
+/// The exit status of a failure: 1 when the server or a lifecycle command ran and failed (or no
+/// runtime could start), 2 when setting up failed (configuration, store, clients, listener,
+/// signals, Lambda, a bad reference or option).
 fn exit_code(e: &AppError) -> ExitCode {
+    use pullthrough::lifecycle::LifecycleError;
     match e {
         AppError::Serve(_) | AppError::Runtime(_) => ExitCode::FAILURE,
+        // A lifecycle command that started and then failed (the store or an upstream): 1, as a
+        // server that failed while serving; a bad reference or option: 2, like bad settings.
+        AppError::Lifecycle(LifecycleError::Store(_) | LifecycleError::Cache(_)) => {
+            ExitCode::FAILURE
+        }
         _ => ExitCode::from(2),
     }
 }
@@ -377,25 +386,18 @@ fn human_bytes(n: u64) -> String {
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM` UTC (`-` when unknown).
 fn utc_time(ms: Option<u64>) -> String {
-    let Some(ms) = ms else {
+    let Some(t) = ms.and_then(|ms| {
+        time::OffsetDateTime::from_unix_timestamp(i64::try_from(ms / 1000).ok()?).ok()
+    }) else {
         return "-".into();
     };
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
     )
 }
 
