@@ -18,7 +18,10 @@ import re
 
 ACCESS = re.compile(r'"(?P<m>[A-Z]+) (?P<path>/v2/\S*) HTTP/[\d.]+" (?P<status>\d{3}) (?P<bytes>\d+|-)')
 S3_OP = re.compile(r"resolved route, op: (\w+)")
-PT_REQ = re.compile(r" request method=(\w+) path=(\S+) status=(\d+) ms=(\d+) store_calls=(\d+)")
+# pullthrough's request line (text format): ` request method=GET path=/v2/... status=307 ms=0 ...
+# store_calls=1 ...`, fields read by name so that added fields never break the count.
+PT_REQ = re.compile(r" request (method=.*)$")
+PT_FIELD = re.compile(r"(\w+)=(\S+)")
 DIST_DONE = re.compile(r'msg="response completed".* http\.response\.duration="?([0-9.]+)(ns|µs|us|ms|s)"?')
 GO_UNIT_MS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -71,10 +74,15 @@ def main():
         for line in window(a.proxy[0], int(a.proxy[1])):
             m = PT_REQ.search(line)
             if m:
+                f = dict(PT_FIELD.findall(m[1]))
+                if not {"status", "ms", "store_calls"} <= f.keys():
+                    # A changed log format must stop the run, not turn into wrong figures.
+                    raise SystemExit(f"logstats: a pullthrough request line without status, ms "
+                                     f"or store_calls: {line.strip()}")
                 px["requests"] += 1
-                px["status_307"] += m[3] == "307"
-                px["busy_ms"] += int(m[4])
-                px["store_calls"] += int(m[5])
+                px["status_307"] += f["status"] == "307"
+                px["busy_ms"] += int(f["ms"])
+                px["store_calls"] += int(f["store_calls"])
     else:
         px = access(a.proxy[0], int(a.proxy[1]))
         px["busy_ms"] = 0.0
