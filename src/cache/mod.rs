@@ -72,6 +72,9 @@ pub struct TagPointer {
     pub last_pulled: Option<u64>,
 }
 
+/// How long a readiness answer is reused ([`Cache::store_ready`]).
+pub const READY_REUSE: Duration = Duration::from_secs(1);
+
 /// Manifests up to this size are copied into tag pointers and markers. Larger ones are read from
 /// `blobs/` (a second store read).
 pub const INLINE_LIMIT: usize = 64 * 1024;
@@ -198,6 +201,10 @@ pub struct Cache {
     /// The stage of every streamed blob fill running now, by `repo@digest` (the key of its
     /// flight): the requests that join a fill find its spill file here.
     fill_stages: std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<blobs::FillStage>>>,
+    /// The last readiness check and when it ended: `/readyz` callers within [`READY_REUSE`] of
+    /// it share its answer, and concurrent ones wait for one check, so probing the endpoint
+    /// costs at most one store request a second however often it is called.
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
     /// This cache itself, for work handed to a background task (single-flight fills).
     me: Weak<Cache>,
 }
@@ -270,6 +277,7 @@ impl Cache {
             me: me.clone(),
             spill_dir,
             fill_stages: Default::default(),
+            readiness: Default::default(),
             manifests: ManifestMemory::new(config.memory_cache_bytes),
             config,
             store,
@@ -310,11 +318,26 @@ impl Cache {
         self.blob_markers.clear();
     }
 
-    /// Whether the store answers a cheap request (`/readyz`): a HEAD of a fixed key (S3: one
-    /// `HeadObject`, whatever the bucket holds); a store whose writes begin in a local temporary
-    /// directory (the filesystem store) must also still have that directory. The error says
-    /// what failed.
-    pub async fn check_store(&self) -> Result<(), String> {
+    /// Whether the store answers a cheap request (a HEAD of a fixed key, and on the filesystem
+    /// store its temporary directory) within `timeout`; the answer is shared by concurrent
+    /// callers and reused for [`READY_REUSE`] (the unauthenticated `/readyz` must not let a
+    /// client turn requests into store requests).
+    pub async fn store_ready(&self, timeout: Duration) -> Result<(), String> {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < READY_REUSE
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(timeout, self.check_store()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+        };
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
+
+    async fn check_store(&self) -> Result<(), String> {
         // The empty blob's digest: a valid key on every store, usually absent.
         let probe = Digest::parse(
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",

@@ -4,7 +4,8 @@
 //!
 //! - `GET /healthz`: 200 while the process serves requests (a liveness probe);
 //! - `GET /readyz`: 200 when the store answered a cheap request within [`READY_TIMEOUT`], else
-//!   503 with a JSON body naming the store and the fault (a readiness probe);
+//!   503 with a JSON body naming the store and the fault (a readiness probe); one check a
+//!   second at most, shared by concurrent callers;
 //! - `GET /metrics`: the process's figures as Prometheus text ([`crate::metrics`]), here or only
 //!   on `metrics_listen` ([`metrics_router`]).
 //!
@@ -30,15 +31,11 @@ pub(super) async fn healthz() -> Response {
 
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.cache.config().store.to_string();
-    let fault = match tokio::time::timeout(READY_TIMEOUT, state.cache.check_store()).await {
-        Ok(Ok(())) => {
-            return json(
-                StatusCode::OK,
-                serde_json::json!({ "status": "ready", "store": store }),
-            );
-        }
-        Ok(Err(e)) => e,
-        Err(_) => format!("no answer within {} s", READY_TIMEOUT.as_secs()),
+    let Err(fault) = state.cache.store_ready(READY_TIMEOUT).await else {
+        return json(
+            StatusCode::OK,
+            serde_json::json!({ "status": "ready", "store": store }),
+        );
     };
     tracing::warn!(%store, error = %fault, "not ready: the store does not answer");
     json(

@@ -342,8 +342,17 @@ async fn health_and_readiness_and_metrics_need_no_client_credentials() {
         ) >= 1.0
     );
 
-    // The store's directory goes away: not ready (503 naming the store), still alive.
+    // The store's directory goes away: not ready (503 naming the store) once the last answer's
+    // second of reuse is over, still alive.
     std::fs::remove_dir_all(&store).unwrap();
+    eventually("/readyz says 503", Duration::from_secs(10), || async {
+        reqwest::get(format!("{url}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            == 503
+    })
+    .await;
     let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(header(&ready, "content-type"), Some("application/json"));
@@ -796,4 +805,31 @@ fn the_cloudwatch_dashboard_and_alarms_name_figures_the_function_writes() {
             "infra/template.yaml names {name}, but {family} is not a metric"
         );
     }
+}
+
+/// `/readyz` needs no credentials, so it must not turn a client's requests into store requests:
+/// concurrent probes share one check and an answer is reused for a second. 60 probes (40 at once,
+/// then 20 in a row) cost at most one S3 `HeadObject` per second they took, plus one.
+#[tokio::test]
+async fn readyz_probes_share_one_store_check_a_second() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let proxy = Proxy::start_s3(&up).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/readyz", proxy.url);
+    proxy.s3().clear_calls();
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all((0..40).map(|_| client.get(&url).send())).await;
+    for a in answers {
+        assert_eq!(a.unwrap().status(), 200);
+    }
+    for _ in 0..20 {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    }
+    let heads = proxy.s3().count("HeadObject");
+    let allowed = 1 + started.elapsed().as_secs() as usize;
+    assert!(
+        (1..=allowed).contains(&heads),
+        "{heads} HeadObject for 60 probes in {:?}",
+        started.elapsed()
+    );
 }
