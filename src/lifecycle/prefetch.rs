@@ -1,4 +1,5 @@
-//! `prefetch`: warm tags (index → platform manifests → configs and layers, and referrers).
+//! `prefetch`: warm tags (index → platform manifests, nested indexes too → configs and layers;
+//! the referrers of every manifest warmed, with their own configs and layers).
 //!
 //! Everything goes through the cache exactly as a client's pull would (the manifest endpoint's
 //! path, the blob path with its single-flight fills), so a prefetch racing a pull of the same
@@ -178,39 +179,40 @@ async fn warm(
         Scope::Tag(t) => Reference::Tag(t.clone()),
         Scope::Digest(d) => Reference::Digest(d.clone()),
     };
+    // Manifests, breadth first: the reference's, the chosen children of every index (nested
+    // indexes too), then the referrers of each manifest warmed and theirs in turn. Configs and
+    // layers are collected on the way and copied afterwards, each once.
+    let mut graph = Graph::default();
     let top = cache.manifest(target, &reference, &accept).await?;
-    counts.manifests += 1;
-    counts.bytes += top.bytes.len() as u64;
-    let mut images = Vec::new();
-    let mut manifests = vec![top.digest.clone()];
-    if media::is_list(&top.media_type) {
-        for child in links(&top)
-            .manifests
-            .iter()
-            .filter(|c| platforms.matches(c.platform.as_ref()))
-        {
-            let d = digest_of(child)?;
+    graph.visit(&top, platforms, counts)?;
+    let mut asked_referrers = 0;
+    loop {
+        while let Some(d) = graph.queue.pop_front() {
             let m = cache
-                .manifest(target, &Reference::Digest(d.clone()), &accept)
+                .manifest(target, &Reference::Digest(d), &accept)
                 .await?;
-            counts.manifests += 1;
-            counts.bytes += m.bytes.len() as u64;
-            manifests.push(d);
-            images.push(m);
+            graph.visit(&m, platforms, counts)?;
         }
-    } else {
-        images.push(top);
-    }
-    // Configs and layers, each once, a few at a time.
-    let mut blobs = BTreeMap::new();
-    for m in &images {
-        let l = links(m);
-        for d in l.config.iter().chain(&l.layers) {
-            let digest = digest_of(d)?;
-            blobs.insert(digest.to_string(), digest);
+        // Referrers (signatures, SBOMs, attestations) of the manifests warmed since the last
+        // round. An upstream without the referrers API has none to warm.
+        let ask: Vec<Digest> = graph.manifests[asked_referrers..].to_vec();
+        asked_referrers = graph.manifests.len();
+        for d in &ask {
+            let answer = match cache.referrers(target, d, None, None).await {
+                Ok(a) => a,
+                Err(CacheError::ManifestUnknown(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let list: Links = serde_json::from_slice(&answer.bytes).unwrap_or_default();
+            for referrer in &list.manifests {
+                graph.enqueue(digest_of(referrer)?)?;
+            }
+        }
+        if graph.queue.is_empty() {
+            break;
         }
     }
-    let mut warmed = futures_util::stream::iter(blobs.into_values())
+    let mut warmed = futures_util::stream::iter(graph.blobs.into_values())
         .map(|d| async move { cache.warm_blob(target, &d).await })
         .buffer_unordered(BLOB_CONCURRENCY);
     let mut first_error = None;
@@ -226,26 +228,65 @@ async fn warm(
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    // Referrers (signatures, SBOMs, attestations) of every manifest, and the referrers
-    // themselves. An upstream without the referrers API has none to warm.
-    for d in &manifests {
-        let answer = match cache.referrers(target, d, None, None).await {
-            Ok(a) => a,
-            Err(CacheError::ManifestUnknown(_)) => continue,
-            Err(e) => return Err(e),
-        };
-        let list: Links = serde_json::from_slice(&answer.bytes).unwrap_or_default();
-        for referrer in &list.manifests {
-            let rd = digest_of(referrer)?;
-            let m = cache
-                .manifest(target, &Reference::Digest(rd), &accept)
-                .await?;
-            counts.manifests += 1;
-            counts.bytes += m.bytes.len() as u64;
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Most manifests one reference may lead to (its children, nested indexes and referrers): an
+/// upstream cannot make a prefetch walk without end.
+const MAX_MANIFESTS: usize = 1_000;
+
+/// What a prefetch of one reference has found so far.
+#[derive(Default)]
+struct Graph {
+    /// Manifests warmed, in order.
+    manifests: Vec<Digest>,
+    /// Manifests found and not fetched yet.
+    queue: std::collections::VecDeque<Digest>,
+    seen: std::collections::HashSet<Digest>,
+    /// Configs and layers to copy, by digest.
+    blobs: BTreeMap<String, Digest>,
+}
+
+impl Graph {
+    fn enqueue(&mut self, d: Digest) -> Result<(), CacheError> {
+        if self.seen.insert(d.clone()) {
+            if self.seen.len() > MAX_MANIFESTS {
+                return Err(CacheError::BadUpstream(format!(
+                    "more than {MAX_MANIFESTS} manifests (children, nested indexes, referrers) from one reference"
+                )));
+            }
+            self.queue.push_back(d);
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Counts a manifest just warmed and follows it: an index's chosen children, an image's
+    /// config and layers.
+    fn visit(
+        &mut self,
+        m: &ManifestAnswer,
+        platforms: &Platforms,
+        counts: &mut PrefetchReport,
+    ) -> Result<(), CacheError> {
+        self.seen.insert(m.digest.clone());
+        self.manifests.push(m.digest.clone());
+        counts.manifests += 1;
+        counts.bytes += m.bytes.len() as u64;
+        let l = links(m);
+        if media::is_list(&m.media_type) {
+            for child in l
+                .manifests
+                .iter()
+                .filter(|c| platforms.matches(c.platform.as_ref()))
+            {
+                self.enqueue(digest_of(child)?)?;
+            }
+        } else {
+            for d in l.config.iter().chain(&l.layers) {
+                let digest = digest_of(d)?;
+                self.blobs.insert(digest.to_string(), digest);
+            }
+        }
+        Ok(())
+    }
 }

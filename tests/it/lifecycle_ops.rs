@@ -409,9 +409,10 @@ async fn prefetch_of_a_multi_arch_tag_makes_the_following_pull_need_no_upstream_
         assert_eq!(report.warmed, vec!["local/team/app:v1"]);
         // The index, amd64, arm64, the attestation and the SBOM referring to amd64.
         assert_eq!(report.manifests, 5, "{kind:?}: {report:?}");
-        // Config and two layers of each image, config and statement of the attestation.
-        assert_eq!(report.blobs, 8, "{kind:?}: {report:?}");
-        assert_eq!(report.fetched_blobs, 8, "{kind:?}: {report:?}");
+        // Config and two layers of each image, config and statement of the attestation, the
+        // SBOM's empty config and its document.
+        assert_eq!(report.blobs, 10, "{kind:?}: {report:?}");
+        assert_eq!(report.fetched_blobs, 10, "{kind:?}: {report:?}");
 
         // A fresh instance over the same store (nothing in memory) pulls everything from it.
         let fresh = sibling(kind, &proxy, &up).await;
@@ -420,7 +421,12 @@ async fn prefetch_of_a_multi_arch_tag_makes_the_following_pull_need_no_upstream_
         for m in [&img.arm64, &img.attestation, &sbom] {
             assert_manifest(fresh.manifest("team/app", &m.digest).await, m).await;
         }
-        for d in img.arm64.blob_digests() {
+        for d in img
+            .arm64
+            .blob_digests()
+            .into_iter()
+            .chain(sbom.blob_digests())
+        {
             let resp = fresh.get(&format!("/v2/team/app/blobs/{d}"), None).await;
             assert!(resp.status() == 200 || resp.status() == 307, "{d}");
         }
@@ -441,8 +447,63 @@ async fn prefetch_of_a_multi_arch_tag_makes_the_following_pull_need_no_upstream_
         let again = prefetch(&proxy.cache, &refs(&["team/app:v1"]), &Platforms::All)
             .await
             .unwrap();
-        assert_eq!((again.blobs, again.fetched_blobs), (8, 0), "{kind:?}");
+        assert_eq!((again.blobs, again.fetched_blobs), (10, 0), "{kind:?}");
         assert_eq!(up.count("GET", "/blobs/"), 0, "{kind:?}");
+    }
+}
+
+/// An index whose child is itself an index (as some build tools publish) is followed to its
+/// images; a pull through the outer tag then needs no upstream request.
+#[tokio::test]
+async fn prefetch_follows_an_index_nested_in_an_index() {
+    for kind in BOTH {
+        let up = FakeRegistry::start(FakeOptions::default()).await;
+        let img = push_oci_index(&up, "team/app", "v1", 509);
+        let outer = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": img.index.digest,
+                "size": img.index.size(),
+            }],
+        });
+        push_tagged(
+            &up,
+            "team/app",
+            "nested",
+            "application/vnd.oci.image.index.v1+json",
+            bytes::Bytes::from(serde_json::to_vec(&outer).unwrap()),
+        );
+        let proxy = start_default(kind, &up).await;
+        let report = prefetch(&proxy.cache, &refs(&["team/app:nested"]), &Platforms::All)
+            .await
+            .unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        // The outer index, the inner one, amd64, arm64 and the attestation.
+        assert_eq!(report.manifests, 5, "{kind:?}: {report:?}");
+        assert_eq!(report.blobs, 8, "{kind:?}: {report:?}");
+
+        // The inner index, its images and their blobs, by digest, from the store alone.
+        let fresh = sibling(kind, &proxy, &up).await;
+        up.clear_requests();
+        for m in [&img.index, &img.amd64, &img.arm64, &img.attestation] {
+            assert_manifest(fresh.manifest("team/app", &m.digest).await, m).await;
+        }
+        for d in img
+            .amd64
+            .blob_digests()
+            .into_iter()
+            .chain(img.arm64.blob_digests())
+        {
+            let resp = fresh.get(&format!("/v2/team/app/blobs/{d}"), None).await;
+            assert!(resp.status() == 200 || resp.status() == 307, "{d}");
+        }
+        assert!(
+            up.requests().is_empty(),
+            "{kind:?}: {:?}",
+            up.request_lines()
+        );
     }
 }
 
