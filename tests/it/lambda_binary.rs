@@ -4,7 +4,7 @@
 //! `Invoke` endpoint, and finishes that copy when the test delivers the event back to it.
 //! (How long initialisation takes is measured by `bench/lambda_init.sh`, on the release build.)
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::support::lambda::{FakeAws, Source, decode, http_event};
@@ -24,16 +24,7 @@ const SECRET_ARN: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:l
 
 fn spawn(api: &RuntimeApi, aws: &FakeAws, store: &str, config_toml: &str) -> Running {
     Running(
-        Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env(
-                "AWS_LAMBDA_FUNCTION_NAME",
-                crate::support::lambda::FUNCTION_NAME,
-            )
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .envs(s3::AWS_ENV)
+        lambda_command(&api.address)
             .env("AWS_ENDPOINT_URL_LAMBDA", &aws.url)
             .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
             .env("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")

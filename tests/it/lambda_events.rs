@@ -397,16 +397,7 @@ fn lambda_binary(
 ) -> LambdaBinary {
     let config_toml = format!("{}{}", local_config(&up.url()), s3.config_table(""));
     LambdaBinary(
-        std::process::Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env(
-                "AWS_LAMBDA_FUNCTION_NAME",
-                crate::support::lambda::FUNCTION_NAME,
-            )
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .envs(s3::AWS_ENV)
+        lambda_command(&api.address)
             .env("AWS_ENDPOINT_URL_LAMBDA", &aws.url)
             .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &aws.url)
             .env("PULLTHROUGH_STORE", format!("s3://{}", s3.bucket))

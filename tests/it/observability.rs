@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
@@ -591,16 +591,7 @@ impl Drop for LambdaProcess {
 
 impl LambdaProcess {
     fn spawn(api: &RuntimeApi, s3: &S3Server, config_toml: &str) -> LambdaProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pullthrough"))
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", &api.address)
-            .env(
-                "AWS_LAMBDA_FUNCTION_NAME",
-                crate::support::lambda::FUNCTION_NAME,
-            )
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .envs(s3::AWS_ENV)
+        let mut child = lambda_command(&api.address)
             .env("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH", "true")
             .env("PULLTHROUGH_STORE", format!("s3://{}", s3.bucket))
             .env("PULLTHROUGH_CONFIG_TOML", config_toml)

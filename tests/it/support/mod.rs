@@ -26,7 +26,7 @@ pub mod wait;
 use std::path::{Path, PathBuf};
 
 pub use fake_registry::*;
-pub use process::{ServerProcess, config_file, run};
+pub use process::{ServerProcess, config_file, lambda_command, run};
 pub use proxy::{Proxy, local_config, local_config_with, local_s3_config, spill_table};
 pub use pull::{
     assert_manifest, blob_via_redirect, follow_redirect, full_pull, realworld_manifests,

@@ -7,6 +7,21 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// The binary in Lambda mode against the runtime API at `api_address` (a
+/// [`RuntimeApi`](super::runtime_api::RuntimeApi)), with a clean environment: what Lambda sets,
+/// the S3 test credentials, nothing inherited. Callers add the store, the configuration and
+/// their endpoints.
+pub fn lambda_command(api_address: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pullthrough"));
+    cmd.env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", api_address)
+        .env("AWS_LAMBDA_FUNCTION_NAME", super::lambda::FUNCTION_NAME)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .envs(super::s3::AWS_ENV);
+    cmd
+}
+
 /// `pullthrough serve` on 127.0.0.1:0, killed when dropped.
 pub struct ServerProcess {
     pub child: Child,
