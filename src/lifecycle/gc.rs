@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::LifecycleError;
+use super::{IN_FLIGHT, LifecycleError};
 use crate::cache::{Cache, Marker, TagPointer};
 use crate::oci::{Digest, RepoName};
 use crate::store::keys::{self, Parsed};
@@ -35,9 +35,6 @@ use crate::store::{Key, ObjectInfo, Store};
 /// Last-pulled times are written at most once an hour: a shorter retention would remove what is
 /// being pulled.
 pub const MIN_OLDER_THAN: Duration = *crate::config::GC_OLDER_THAN.start();
-
-/// Store reads and deletes in flight at once.
-const IN_FLIGHT: usize = 16;
 
 /// What `gc` keeps and how it sweeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,26 +347,14 @@ async fn read_documents(
     store: &dyn Store,
     objects: &[ObjectInfo],
 ) -> Result<Documents, LifecycleError> {
-    let reads = objects.iter().cloned().filter_map(|o| {
-        let parsed = keys::parse(&o.key);
-        if !matches!(parsed, Parsed::Tag { .. } | Parsed::Marker { .. }) {
-            return None;
-        }
-        Some(async move {
-            let key = parsed.key().expect("a tag or marker key");
-            let bytes = store.get(&key).await?;
-            Ok::<_, crate::store::StoreError>(bytes.map(|b| (parsed, key, b, o)))
-        })
-    });
-    let read: Vec<_> = futures_util::stream::iter(reads)
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await;
     let mut docs = Documents::default();
-    for r in read {
-        let Some((parsed, key, bytes, o)) = r? else {
-            continue;
-        };
+    for super::Document {
+        parsed,
+        key,
+        bytes,
+        object: o,
+    } in super::read_documents(store, objects.iter().cloned()).await?
+    {
         match parsed {
             Parsed::Tag { upstream, repo, .. } => {
                 let p: Option<TagPointer> = serde_json::from_slice(&bytes).ok();

@@ -2,16 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::LifecycleError;
 use crate::cache::{Cache, Marker, TagPointer};
 use crate::oci::RepoName;
 use crate::store::keys::{self, Parsed};
-
-/// Store reads in flight at once.
-const READS_IN_FLIGHT: usize = 16;
 
 /// Cached repositories (every one), or one repository's tags and digests.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -88,34 +84,16 @@ pub async fn ls(cache: &Cache, repo: Option<&str>) -> Result<Listing, LifecycleE
         Some((upstream, repo)) => keys::repository_walk(upstream, repo),
         None => keys::REPOS_WALK.to_owned(),
     };
-    let docs: Vec<Parsed> = store
-        .walk(&prefix)
-        .await?
-        .into_iter()
-        .map(|o| keys::parse(&o.key))
-        .filter(|p| matches!(p, Parsed::Tag { .. } | Parsed::Marker { .. }))
-        .filter(|p| match (&wanted, p.repository()) {
+    let objects = store.walk(&prefix).await?.into_iter().filter(|o| {
+        match (&wanted, keys::parse(&o.key).repository()) {
             (Some((u, r)), Some((pu, pr))) => u == pu && r == pr,
             (None, Some(_)) => true,
             (_, None) => false,
-        })
-        .collect();
-    let reads = docs.into_iter().map(|p| async move {
-        let Some(key) = p.key() else {
-            return Ok(None);
-        };
-        Ok::<_, LifecycleError>(store.get(&key).await?.map(|b| (p, b)))
+        }
     });
-    let read: Vec<_> = futures_util::stream::iter(reads)
-        .buffer_unordered(READS_IN_FLIGHT)
-        .collect()
-        .await;
 
     let mut repos: BTreeMap<(String, String), RepositoryDetail> = BTreeMap::new();
-    for r in read {
-        let Some((parsed, bytes)) = r? else {
-            continue; // removed since the walk
-        };
+    for super::Document { parsed, bytes, .. } in super::read_documents(store, objects).await? {
         let Some((upstream, repo)) = parsed.repository() else {
             continue;
         };

@@ -17,8 +17,52 @@ pub use ls::{DigestEntry, Listing, RepositoryDetail, RepositorySummary, TagEntry
 pub use prefetch::{Platforms, PrefetchReport, prefetch};
 pub use purge::{PurgeReport, purge};
 
+use bytes::Bytes;
+use futures_util::StreamExt;
+
 use crate::cache::CacheError;
-use crate::store::StoreError;
+use crate::store::keys::{self, Parsed};
+use crate::store::{Key, ObjectInfo, Store, StoreError};
+
+/// Store requests a lifecycle operation has in flight at once (reads and deletes).
+const IN_FLIGHT: usize = 16;
+
+/// A tag pointer or marker as read from the store, with the listing entry it was found by.
+struct Document {
+    parsed: Parsed,
+    key: Key,
+    bytes: Bytes,
+    object: ObjectInfo,
+}
+
+/// Reads every tag pointer and marker among `objects` (other keys are passed over),
+/// [`IN_FLIGHT`] at a time, in no particular order. One removed since the listing is left out.
+async fn read_documents(
+    store: &dyn Store,
+    objects: impl IntoIterator<Item = ObjectInfo>,
+) -> Result<Vec<Document>, StoreError> {
+    let reads = objects.into_iter().filter_map(|object| {
+        let parsed = keys::parse(&object.key);
+        if !matches!(parsed, Parsed::Tag { .. } | Parsed::Marker { .. }) {
+            return None;
+        }
+        let key = parsed.key()?;
+        Some(async move {
+            let bytes = store.get(&key).await?;
+            Ok::<_, StoreError>(bytes.map(|bytes| Document {
+                parsed,
+                key,
+                bytes,
+                object,
+            }))
+        })
+    });
+    let read: Vec<_> = futures_util::stream::iter(reads)
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    read.into_iter().filter_map(Result::transpose).collect()
+}
 
 /// Why a lifecycle operation failed as a whole (a failure of one reference inside a prefetch or
 /// purge is reported in its report instead).
