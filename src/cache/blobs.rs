@@ -264,7 +264,7 @@ impl Cache {
             Some(s) => s,
             None => self.store.head(&keys::blob(digest)).await?.unwrap_or(0),
         };
-        self.write_marker(target, digest, &Marker::blob(size))
+        self.write_marker(target, digest, Marker::blob(size))
             .await?;
         Ok(size)
     }
@@ -502,7 +502,7 @@ impl Cache {
             let result = async {
                 let size = spill.write_from(verified).await.map_err(spill_error)?;
                 self.store.adopt(&key, spill.path()).await?;
-                self.write_marker(target, digest, &Marker::blob(size))
+                self.write_marker(target, digest, Marker::blob(size))
                     .await?;
                 Ok::<u64, CacheError>(size)
             }
@@ -548,7 +548,7 @@ impl Cache {
             .store
             .put_stream(&keys::blob(digest), len, body)
             .await?;
-        self.write_marker(target, digest, &Marker::blob(size))
+        self.write_marker(target, digest, Marker::blob(size))
             .await?;
         Ok(size)
     }

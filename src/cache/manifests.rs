@@ -91,12 +91,9 @@ impl Cache {
                 let now = self.clock.now_ms();
                 let refreshed = TagPointer {
                     checked_at: now,
-                    last_pulled: Some(now),
                     ..pointer
                 };
-                self.write_json(&key, &refreshed).await?;
-                self.knows_pulled(&key, refreshed.last_pulled);
-                self.tags.insert(key.as_str(), refreshed, now);
+                self.write_pointer(&key, refreshed, now).await?;
                 Ok(answer)
             }
             Ok(_) => match self.fetch_tag(target, tag, accept).await {
@@ -238,11 +235,9 @@ impl Cache {
                     size: answer.bytes.len() as u64,
                     checked_at: now,
                     manifest: inline_copy(&answer.bytes),
-                    last_pulled: Some(now),
+                    last_pulled: None, // stamped by write_pointer
                 };
-                this.write_json(&key, &pointer).await?;
-                this.knows_pulled(&key, pointer.last_pulled);
-                this.tags.insert(key.as_str(), pointer, now);
+                this.write_pointer(&key, pointer, now).await?;
                 Ok(answer)
             })
             .await
@@ -399,9 +394,9 @@ impl Cache {
             media_type: Some(media_type.clone()),
             size: fetched.bytes.len() as u64,
             manifest: inline_copy(&fetched.bytes),
-            last_pulled: None,
+            last_pulled: None, // stamped by write_marker
         };
-        self.write_marker(target, &digest, &marker).await?;
+        self.write_marker(target, &digest, marker).await?;
         self.manifests.insert(
             &target.scoped_name(),
             &digest,

@@ -469,33 +469,44 @@ impl Cache {
         Ok(marker)
     }
 
+    /// Writes a marker and remembers it. A marker is written when a client pulls its digest, so
+    /// its `last_pulled` is now.
     async fn write_marker(
         &self,
         target: &Target,
         digest: &Digest,
-        marker: &Marker,
+        marker: Marker,
     ) -> Result<(), CacheError> {
         let key = crate::store::keys::marker(target.alias(), &target.repo, digest);
-        // A marker is written when a client pulls its digest: that is its last pull.
-        let stamped;
-        let marker = if marker.last_pulled.is_none() {
-            stamped = Marker {
-                last_pulled: Some(self.clock.now_ms()),
-                ..marker.clone()
-            };
-            &stamped
-        } else {
-            marker
+        let now = self.clock.now_ms();
+        let marker = Marker {
+            last_pulled: Some(now),
+            ..marker
         };
-        self.write_json(&key, marker).await?;
+        self.write_json(&key, &marker).await?;
         self.knows_pulled(&key, marker.last_pulled);
         if marker.media_type.is_none() {
-            self.blob_markers.insert(
-                &target.scoped_digest(digest),
-                marker.size,
-                self.clock.now_ms(),
-            );
+            self.blob_markers
+                .insert(&target.scoped_digest(digest), marker.size, now);
         }
+        Ok(())
+    }
+
+    /// Writes a tag pointer and remembers it. A pointer is written when a client pulls its tag
+    /// (fetched or revalidated at `now`), so its `last_pulled` is `now`.
+    async fn write_pointer(
+        &self,
+        key: &Key,
+        pointer: TagPointer,
+        now: u64,
+    ) -> Result<(), CacheError> {
+        let pointer = TagPointer {
+            last_pulled: Some(now),
+            ..pointer
+        };
+        self.write_json(key, &pointer).await?;
+        self.knows_pulled(key, pointer.last_pulled);
+        self.tags.insert(key.as_str(), pointer, now);
         Ok(())
     }
 }
