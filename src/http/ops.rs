@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
+use super::path::Shape;
 
 /// How long `/readyz` waits for the store.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -67,7 +68,8 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     resp
 }
 
-/// The kind of route a path names, read from the right as the router does, without validating
+/// The kind of route a path names, by the same shape the router parses ([`super::path::shape`]),
+/// without validating
 /// anything: `manifest`, `blob`, `tags`, `referrers`, `upload`, `base` (`/v2/`), `token`,
 /// `healthz`, `readyz`, `metrics`, `admin` (`/_pullthrough/`), or `other`.
 pub fn route_kind(path: &str) -> &'static str {
@@ -86,22 +88,13 @@ pub fn route_kind(path: &str) -> &'static str {
         return "other";
     };
     let segs: Vec<&str> = rest.split('/').collect();
-    let n = segs.len();
-    let at = |i: usize| n.checked_sub(i).map(|j| segs[j]);
-    if at(2) == Some("uploads") && at(3) == Some("blobs")
-        || at(1) == Some("uploads") && at(2) == Some("blobs")
-    {
-        return "upload";
-    }
-    if n < 3 {
-        return "other";
-    }
-    match (at(2), at(1)) {
-        (Some("tags"), Some("list")) => "tags",
-        (Some("manifests"), _) => "manifest",
-        (Some("blobs"), _) => "blob",
-        (Some("referrers"), _) => "referrers",
-        _ => "other",
+    match super::path::shape(&segs) {
+        Some(Shape::Upload) => "upload",
+        Some(Shape::TagsList) => "tags",
+        Some(Shape::Manifest) => "manifest",
+        Some(Shape::Blob) => "blob",
+        Some(Shape::Referrers) => "referrers",
+        None => "other",
     }
 }
 

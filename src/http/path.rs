@@ -14,6 +14,38 @@ pub enum Endpoint {
     Upload,
 }
 
+/// What a path after `/v2/` asks for, by its shape alone, read from the right (a repository
+/// name may contain `manifests` or `blobs`), before any name, tag or digest is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Upload,
+    TagsList,
+    Manifest,
+    Blob,
+    Referrers,
+}
+
+/// The shape of the path after `/v2/`, split at `/`; `None` for no endpoint of the API.
+pub fn shape(segs: &[&str]) -> Option<Shape> {
+    let n = segs.len();
+    let at = |i: usize| n.checked_sub(i).map(|j| segs[j]);
+    if at(3) == Some("blobs") && at(2) == Some("uploads")
+        || at(2) == Some("blobs") && at(1) == Some("uploads")
+    {
+        return Some(Shape::Upload);
+    }
+    if n < 3 {
+        return None;
+    }
+    match (segs[n - 2], segs[n - 1]) {
+        ("tags", "list") => Some(Shape::TagsList),
+        ("manifests", _) => Some(Shape::Manifest),
+        ("blobs", _) => Some(Shape::Blob),
+        ("referrers", _) => Some(Shape::Referrers),
+        _ => None,
+    }
+}
+
 /// Parses the part of the path after `/v2/`. The raw (still percent-encoded) path is used: no
 /// name, tag or digest may contain `%`, so an encoded `..` or `/` is refused, never decoded.
 pub fn parse(rest: &str) -> Result<Endpoint, Error> {
@@ -35,41 +67,31 @@ pub fn parse(rest: &str) -> Result<Endpoint, Error> {
         let joined = segs[..upto].join("/");
         RepoName::parse(&joined).map_err(|e| Error::bad_request(Code::NameInvalid, e.to_string()))
     };
-    if n >= 3 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
-        return Ok(Endpoint::Upload);
-    }
-    if n >= 2 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
-        return Ok(Endpoint::Upload);
-    }
-    if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
-        return Ok(Endpoint::TagsList(name(n - 2)?));
-    }
-    if n >= 3 {
-        let last = segs[n - 1];
-        match segs[n - 2] {
-            "manifests" => {
-                let name = name(n - 2)?;
-                // Something that is neither tag nor digest names no manifest: 404, as the OCI
-                // conformance suites expect (`.INVALID_MANIFEST_NAME`). A malformed digest is
-                // a bad request.
-                let reference = Reference::parse(last).map_err(|e| {
-                    if last.contains(':') {
-                        Error::bad_request(Code::DigestInvalid, e.to_string())
-                    } else {
-                        Error::not_found(Code::ManifestUnknown, format!("manifest unknown: {e}"))
-                    }
-                })?;
-                return Ok(Endpoint::Manifest(name, reference));
-            }
-            "blobs" => return Ok(Endpoint::Blob(name(n - 2)?, digest(last)?)),
-            "referrers" => return Ok(Endpoint::Referrers(name(n - 2)?, digest(last)?)),
-            _ => {}
+    let last = segs[n - 1];
+    match shape(&segs) {
+        Some(Shape::Upload) => Ok(Endpoint::Upload),
+        Some(Shape::TagsList) => Ok(Endpoint::TagsList(name(n - 2)?)),
+        Some(Shape::Manifest) => {
+            let name = name(n - 2)?;
+            // Something that is neither tag nor digest names no manifest: 404, as the OCI
+            // conformance suites expect (`.INVALID_MANIFEST_NAME`). A malformed digest is a bad
+            // request.
+            let reference = Reference::parse(last).map_err(|e| {
+                if last.contains(':') {
+                    Error::bad_request(Code::DigestInvalid, e.to_string())
+                } else {
+                    Error::not_found(Code::ManifestUnknown, format!("manifest unknown: {e}"))
+                }
+            })?;
+            Ok(Endpoint::Manifest(name, reference))
         }
+        Some(Shape::Blob) => Ok(Endpoint::Blob(name(n - 2)?, digest(last)?)),
+        Some(Shape::Referrers) => Ok(Endpoint::Referrers(name(n - 2)?, digest(last)?)),
+        None => Err(Error::not_found(
+            Code::Unsupported,
+            "no such endpoint: expected /v2/<name>/manifests/<reference>, /blobs/<digest>, /tags/list or /referrers/<digest>",
+        )),
     }
-    Err(Error::not_found(
-        Code::Unsupported,
-        "no such endpoint: expected /v2/<name>/manifests/<reference>, /blobs/<digest>, /tags/list or /referrers/<digest>",
-    ))
 }
 
 fn digest(s: &str) -> Result<Digest, Error> {
