@@ -68,9 +68,8 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     resp
 }
 
-/// The kind of route a path names, by the same shape the router parses ([`super::path::shape`]),
-/// without validating
-/// anything: `manifest`, `blob`, `tags`, `referrers`, `upload`, `base` (`/v2/`), `token`,
+/// The kind of route a path names, by the shape the router parses ([`super::path::shape`]),
+/// without validating anything: `manifest`, `blob`, `tags`, `referrers`, `upload`, `base` (`/v2/`), `token`,
 /// `healthz`, `readyz`, `metrics`, `admin` (`/_pullthrough/`), or `other`.
 pub fn route_kind(path: &str) -> &'static str {
     match path {
