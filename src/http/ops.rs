@@ -69,8 +69,8 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// The kind of route a path names, by the shape the router parses ([`super::path::shape`]),
-/// without validating anything: `manifest`, `blob`, `tags`, `referrers`, `upload`, `base` (`/v2/`), `token`,
-/// `healthz`, `readyz`, `metrics`, `admin` (`/_pullthrough/`), or `other`.
+/// without validating anything: `manifest`, `blob`, `tags`, `referrers`, `upload`, `base`
+/// (`/v2/`), `token`, `healthz`, `readyz`, `metrics`, `admin` (`/_pullthrough/`), or `other`.
 pub fn route_kind(path: &str) -> &'static str {
     match path {
         "/v2" | "/v2/" => return "base",
