@@ -478,10 +478,10 @@ impl Upstream {
         {
             req = req.basic_auth(u, Some(p));
         }
-        let sent = req.send().await;
-        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
-        crate::metrics::upstream_request(&self.config.alias, "GET", status);
-        let resp = sent.map_err(|e| self.transport_error(e))?;
+        let resp = self
+            .send_counted("GET", req)
+            .await
+            .map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(UpstreamError::Denied {
@@ -569,6 +569,19 @@ impl Upstream {
         Err(self.invalid(format!("more than {MAX_REDIRECTS} redirects")))
     }
 
+    /// Sends `req`, counting it in the figures (`pullthrough_upstream_requests_total`: its
+    /// status, or `error` for a transport failure).
+    async fn send_counted(
+        &self,
+        method: &str,
+        req: reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let sent = req.send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        crate::metrics::upstream_request(&self.config.alias, method, status);
+        sent
+    }
+
     async fn send_retrying(
         &self,
         method: &Method,
@@ -589,10 +602,7 @@ impl Upstream {
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
-            let sent = req.send().await;
-            let status = sent.as_ref().ok().map(|r| r.status().as_u16());
-            crate::metrics::upstream_request(&self.config.alias, method.as_str(), status);
-            match sent {
+            match self.send_counted(method.as_str(), req).await {
                 Ok(resp) => return Ok(resp),
                 Err(e) if e.is_connect() && attempt == 0 && guard::refusal(&e).is_none() => {
                     attempt += 1;
