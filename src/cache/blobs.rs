@@ -74,19 +74,30 @@ enum SpillPlace {
     Upload(std::path::PathBuf, Reservation),
 }
 
-/// Removes a streamed fill's stage from the cache when the fill ends, however it ends.
+/// Removes a streamed fill's stage from the cache once the fill's single-flight slot is freed,
+/// however the fill ends. Until then a request that joins the fill finds its stage: one arriving
+/// after the copy has ended (say, its upload failed) still streams the verified spill file
+/// instead of taking the copy's error. A fill started after the slot was freed may have
+/// registered its own stage under the same key by then; that one stays.
 struct StageEntry {
     cache: Arc<Cache>,
     key: String,
+    stage: watch::Receiver<FillStage>,
 }
 
 impl Drop for StageEntry {
     fn drop(&mut self) {
-        self.cache
+        let mut stages = self
+            .cache
             .fill_stages
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+            .unwrap_or_else(|p| p.into_inner());
+        if stages
+            .get(&self.key)
+            .is_some_and(|s| s.same_channel(&self.stage))
+        {
+            stages.remove(&self.key);
+        }
     }
 }
 
@@ -352,32 +363,34 @@ impl Cache {
         let this = self.handle();
         let target = target.clone();
         let digest = digest.clone();
-        self.blob_flights.start(flight_key.clone(), move || {
-            // Registered before the flight is visible to others, so a joiner finds it.
-            // The entry goes with the work's future, even one dropped before it ran (a panic).
-            let (stage, entry) = if streamed {
-                let (tx, rx) = watch::channel(FillStage::Pending);
-                this.fill_stages
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(flight_key.clone(), rx);
-                let entry = StageEntry {
-                    cache: Arc::clone(&this),
-                    key: flight_key,
-                };
-                (Some(tx), Some(entry))
-            } else {
-                (None, None)
-            };
-            async move {
-                let _entry = entry;
-                if this.leases_server_fills() {
-                    this.leased_copy(&target, &digest, stage).await
+        self.blob_flights
+            .start_holding(flight_key.clone(), move || {
+                // Registered before the flight is visible to others, so a joiner finds it. The
+                // entry is held by the flight's slot and goes only after it, however the run ends.
+                let (stage, entry) = if streamed {
+                    let (tx, rx) = watch::channel(FillStage::Pending);
+                    this.fill_stages
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(flight_key.clone(), rx.clone());
+                    let entry = StageEntry {
+                        cache: Arc::clone(&this),
+                        key: flight_key,
+                        stage: rx,
+                    };
+                    (Some(tx), Some(entry))
                 } else {
-                    this.copy_blob(&target, &digest, stage, None).await
-                }
-            }
-        })
+                    (None, None)
+                };
+                let work = async move {
+                    if this.leases_server_fills() {
+                        this.leased_copy(&target, &digest, stage).await
+                    } else {
+                        this.copy_blob(&target, &digest, stage, None).await
+                    }
+                };
+                (work, entry)
+            })
     }
 
     /// The copy itself: upstream GET, verified while written into the store, then the marker.

@@ -18,9 +18,19 @@ use super::CacheError;
 
 pub type SharedResult<V> = Shared<BoxFuture<'static, Result<V, CacheError>>>;
 
-/// A test-only fault injector, called with the flight's kind (`"manifest"`, `"blob"`) and key at
-/// the start of every run, inside its task (see [`super::Services::fault_hook`]).
-pub type FaultHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// A test-only fault injector, called with the point reached, the flight's kind (`"manifest"`,
+/// `"blob"`) and key in every run, inside its task (see [`super::Services::fault_hook`]).
+pub type FaultHook = Arc<dyn Fn(FlightPoint, &str, &str) + Send + Sync>;
+
+/// Where in a run a [`FaultHook`] is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlightPoint {
+    /// Before the work starts.
+    Start,
+    /// After the work has ended, before its slot is freed: a caller arriving now joins the
+    /// ended run.
+    End,
+}
 
 type Slots<K, V> = Arc<Mutex<HashMap<K, SharedResult<V>>>>;
 
@@ -58,24 +68,45 @@ where
     where
         F: Future<Output = Result<V, CacheError>> + Send + 'static,
     {
+        self.start_holding(key, || (make(), ()))
+    }
+
+    /// [`SingleFlight::start`], where `make` also returns something the run holds until its slot
+    /// is freed, and drops only then: what the work registers for its callers (a fill's spill
+    /// file) is still there for any caller that finds the run in its slot, even one that
+    /// arrives after the work itself has ended.
+    pub fn start_holding<F, H>(
+        &self,
+        key: K,
+        make: impl FnOnce() -> (F, H),
+    ) -> (bool, SharedResult<V>)
+    where
+        F: Future<Output = Result<V, CacheError>> + Send + 'static,
+        H: Send + 'static,
+    {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = running.get(&key) {
             return (false, existing.clone());
         }
-        let work = make();
+        let (work, held) = make();
         let slot = Slot {
             map: Arc::clone(&self.running),
             key: key.clone(),
+            _held: held,
         };
         let hook = self.hook.clone().map(|h| (h, self.kind, key.to_string()));
         let task = tokio::spawn(async move {
             // Done, or unwinding from a panic: later callers start afresh (and find the result
             // in the store).
             let _slot = slot;
-            if let Some((hook, kind, key)) = hook {
-                hook(kind, &key);
+            if let Some((hook, kind, key)) = &hook {
+                hook(FlightPoint::Start, kind, key);
             }
-            work.await
+            let result = work.await;
+            if let Some((hook, kind, key)) = &hook {
+                hook(FlightPoint::End, kind, key);
+            }
+            result
         });
         let fut: BoxFuture<'static, Result<V, CacheError>> = async move {
             task.await.unwrap_or_else(|e| {
@@ -89,13 +120,15 @@ where
     }
 }
 
-/// Frees a key's slot when its task ends, however it ends.
-struct Slot<K: Eq + Hash, V: Clone> {
+/// Frees a key's slot when its task ends, however it ends; what the run holds is dropped after
+/// (fields drop once `drop` has run).
+struct Slot<K: Eq + Hash, V: Clone, H> {
     map: Slots<K, V>,
     key: K,
+    _held: H,
 }
 
-impl<K: Eq + Hash, V: Clone> Drop for Slot<K, V> {
+impl<K: Eq + Hash, V: Clone, H> Drop for Slot<K, V, H> {
     fn drop(&mut self) {
         self.map
             .lock()

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use blobs::{BlobAnswer, Warmed};
-pub use flight::FaultHook;
+pub use flight::{FaultHook, FlightPoint};
 pub use handoff::{FillHandoff, FillJob, FillOutcome, FillPolicy, HandoffError};
 pub use lease::ServerLease;
 pub use manifests::ManifestAnswer;
@@ -218,8 +218,9 @@ pub struct Services {
     /// Server mode over S3: the validity and renewal interval of a fill's lease, instead of
     /// `[s3] fill_lease` (tests shorten the renewal too).
     pub server_lease: Option<ServerLease>,
-    /// Tests only: called with the flight's kind (`"manifest"`, `"blob"`) and key at the start of
-    /// every single-flight run, inside its task, so a test can make one run panic.
+    /// Tests only: called with the point reached ([`FlightPoint`]), the flight's kind
+    /// (`"manifest"`, `"blob"`) and key as every single-flight run starts and ends, inside its
+    /// task, so a test can make one run panic or hold a run that has ended in its slot.
     #[doc(hidden)]
     pub fault_hook: Option<flight::FaultHook>,
 }

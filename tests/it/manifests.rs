@@ -617,11 +617,16 @@ fn panic_once(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let seen = std::sync::Arc::clone(&runs);
-    let hook: pullthrough::cache::FaultHook = std::sync::Arc::new(move |k: &str, key: &str| {
-        if k == kind && key.contains(key_part) && seen.fetch_add(1, Ordering::SeqCst) == 0 {
-            panic!("injected panic in a {kind} flight for {key}");
-        }
-    });
+    let hook: pullthrough::cache::FaultHook =
+        std::sync::Arc::new(move |point, k: &str, key: &str| {
+            if point == pullthrough::cache::FlightPoint::Start
+                && k == kind
+                && key.contains(key_part)
+                && seen.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                panic!("injected panic in a {kind} flight for {key}");
+            }
+        });
     (hook, runs)
 }
 

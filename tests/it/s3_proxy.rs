@@ -480,13 +480,92 @@ async fn a_failed_upload_still_serves_the_streaming_client_and_publishes_nothing
     while up.count_authorized("GET", &format!("/blobs/{d}")) < 2 {
         deadline.check("never filled again");
         let resp = proxy.get(&path, None).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.bytes().await.unwrap(), data);
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, data);
     }
     while !proxy.s3().has_blob(&d).await {
         deadline.pause("never published").await;
     }
     assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 2);
+}
+
+/// A request that finds a fill whose upload has just failed, its run ended but still in its
+/// single-flight slot, streams the verified bytes from the fill's spill file like the fill's
+/// other requests did. It used to find the run without its spill file and take the upload's
+/// error, a 503 (a race the test above once lost in CI); the hook holds the ended run in its
+/// slot so the instant is reached every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joining_a_fill_whose_upload_just_failed_streams_its_spill_file() {
+    use pullthrough::cache::{FaultHook, FlightPoint};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let data = blob_bytes(53, 20 * 1024 * 1024);
+    let d = up.put_blob("team/app", data.clone());
+    let server = S3Server::start().await;
+    let toml = local_s3_config(
+        &up.url(),
+        &server,
+        &format!("{SMALL_PARTS}\nmax_attempts = 2"),
+    );
+    // The first blob run to end is held in its slot until the test lets it go.
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let held = AtomicBool::new(false);
+    let hook: FaultHook = std::sync::Arc::new(move |point, kind: &str, _key: &str| {
+        if point == FlightPoint::End && kind == "blob" && !held.swap(true, Ordering::SeqCst) {
+            let _ = ended_tx.send(());
+            tokio::task::block_in_place(|| {
+                let _ = released.lock().unwrap().recv();
+            });
+        }
+    });
+    let services = Services {
+        fault_hook: Some(hook),
+        ..Default::default()
+    };
+    let proxy = Proxy::with_s3_services(&toml, server, services).await;
+    proxy
+        .s3()
+        .add_fault("UploadPart", S3ErrorCode::InternalError, None);
+    let path = format!("/v2/team/app/blobs/{d}");
+    let first = proxy.get(&path, None).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.bytes().await.unwrap(), data);
+    ended.recv().await.expect("the fill ends");
+    assert!(!proxy.s3().has_blob(&d).await, "a failed upload published");
+
+    // The run has ended (its upload failed) and holds its slot: a request now joins it.
+    let joiner = tokio::time::timeout(Duration::from_secs(20), async {
+        let resp = proxy.get(&path, None).await;
+        let status = resp.status();
+        (status, resp.bytes().await.unwrap())
+    })
+    .await;
+    release.send(()).unwrap();
+    let (status, body) =
+        joiner.expect("the request waited for the ended fill instead of streaming its spill file");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, data);
+    assert_eq!(
+        up.count_authorized("GET", &format!("/blobs/{d}")),
+        1,
+        "the joiner fetched the blob again"
+    );
+
+    // Once the slot is free, the next request runs a fill of its own, which publishes.
+    proxy.s3().clear_faults();
+    let resp = proxy.get(&path, None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap(), data);
+    assert_eq!(up.count_authorized("GET", &format!("/blobs/{d}")), 2);
+    let deadline = Deadline::after(Duration::from_secs(30));
+    while !proxy.s3().has_blob(&d).await {
+        deadline.pause("never published").await;
+    }
 }
 
 /// `[s3] stream_hits`: a stored blob is streamed from S3 through the proxy (for clients that
