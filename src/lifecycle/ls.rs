@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use super::LifecycleError;
 use crate::cache::{Cache, Marker, TagPointer};
-use crate::oci::RepoName;
 use crate::store::keys::{self, Parsed};
 
 /// Cached repositories (every one), or one repository's tags and digests.
@@ -70,12 +69,7 @@ pub async fn ls(cache: &Cache, repo: Option<&str>) -> Result<Listing, LifecycleE
     let wanted = match repo {
         None => None,
         Some(text) => {
-            let bad = |reason: String| LifecycleError::BadReference {
-                reference: text.to_owned(),
-                reason,
-            };
-            let name = RepoName::parse(text).map_err(|e| bad(e.to_string()))?;
-            let target = cache.resolve(&name, None)?;
+            let target = super::reference::resolve_repository(cache, text)?;
             Some((target.alias().to_owned(), target.repo))
         }
     };

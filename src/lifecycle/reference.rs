@@ -39,18 +39,30 @@ impl Resolved {
 
 /// Parses `text` and resolves its name like a pull would.
 pub fn resolve(cache: &Cache, text: &str) -> Result<Resolved, LifecycleError> {
-    let bad = |reason: String| LifecycleError::BadReference {
-        reference: crate::oci::truncate_for_message(text),
-        reason,
-    };
-    let (name, scope) = split(text).map_err(bad)?;
-    let name = RepoName::parse(name).map_err(|e| bad(e.to_string()))?;
-    let target = cache.resolve(&name, None).map_err(|e| bad(e.to_string()))?;
+    let (name, scope) = split(text).map_err(|reason| bad(text, reason))?;
+    let target = resolve_name(cache, name).map_err(|reason| bad(text, reason))?;
     Ok(Resolved {
         text: text.to_owned(),
         target,
         scope,
     })
+}
+
+/// Resolves a repository name alone (`[upstream/]repo`, as `ls` takes it) like a pull would.
+pub fn resolve_repository(cache: &Cache, text: &str) -> Result<Target, LifecycleError> {
+    resolve_name(cache, text).map_err(|reason| bad(text, reason))
+}
+
+fn resolve_name(cache: &Cache, name: &str) -> Result<Target, String> {
+    let name = RepoName::parse(name).map_err(|e| e.to_string())?;
+    cache.resolve(&name, None).map_err(|e| e.to_string())
+}
+
+fn bad(text: &str, reason: String) -> LifecycleError {
+    LifecycleError::BadReference {
+        reference: crate::oci::truncate_for_message(text),
+        reason,
+    }
 }
 
 /// Resolves every reference, or fails on the first bad one (so nothing is done for any).

@@ -414,6 +414,17 @@ async fn bad_bodies_are_400_naming_the_problem_and_change_nothing() {
         .await;
     let message = expect_oci_error(resp, 400, "UNSUPPORTED").await;
     assert!(message.contains("tag"), "{message}");
+    // A repository no pull could resolve is a bad reference, as for purge and prefetch.
+    let resp = a
+        .call(
+            reqwest::Method::GET,
+            "/_pullthrough/ls?repo=registry.example.com/team/app",
+            Some(&format!("Bearer {TOKEN}")),
+            "",
+        )
+        .await;
+    let message = expect_oci_error(resp, 400, "NAME_INVALID").await;
+    assert!(message.contains("no upstream named"), "{message}");
     assert_eq!(a.files(), before, "a refused request changed the store");
     up.clear_requests();
     a.pull_by_digest("team/app", &img).await;

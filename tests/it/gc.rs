@@ -688,6 +688,20 @@ async fn ls_prints_a_table_of_repositories_and_of_one_repository() {
     assert!(ran.stdout.contains(&img.index.digest), "{}", ran.stdout);
     assert!(ran.stdout.contains("v1 "), "{}", ran.stdout);
     assert!(ran.stdout.contains(&img.amd64.media_type), "{}", ran.stdout);
+    // A name no pull could resolve is bad input (exit 2), named, like purge's and prefetch's.
+    for (repo, says) in [
+        ("registry.example.com/team/app", "no upstream named"),
+        ("Bad/Name", "bad reference \"Bad/Name\""),
+    ] {
+        let ran = run(&[&["ls", repo][..], &args[..]].concat(), &[]);
+        assert_eq!(ran.code, Some(2), "{repo}: {}", ran.stderr);
+        assert!(ran.stderr.contains(says), "{repo}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("bad reference"),
+            "{repo}: {}",
+            ran.stderr
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
