@@ -692,6 +692,15 @@ async fn lambda_writes_one_emf_line_per_invocation_with_what_changed() {
         .unwrap_or_else(|| panic!("no request line in {logs:?}"));
     assert_eq!(request["cache"], "miss");
     assert_eq!(request["upstream"], "local");
+    // The start-up line names what the function runs with, as the server's does.
+    let startup = logs
+        .iter()
+        .find(|l| l["message"] == "pullthrough Lambda configuration")
+        .unwrap_or_else(|| panic!("no start-up line in {logs:?}"));
+    for field in ["function", "store", "upstreams", "auth", "tag_ttl"] {
+        assert!(startup[field].is_string(), "{field}: {startup}");
+    }
+    assert_eq!(startup["admin_api"], "off", "{startup}");
 
     // The same tag again: only what changed, and nothing upstream.
     assert_eq!(invoke(&api, path).await, 200);
