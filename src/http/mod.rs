@@ -27,7 +27,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::any;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
@@ -63,10 +63,10 @@ pub fn router(cache: Arc<Cache>, auth: Option<Arc<ClientAuth>>) -> Router {
         None => Router::new(),
     };
     let mut ops = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz));
+        .route("/healthz", ops::get_only(ops::healthz))
+        .route("/readyz", ops::get_only(ops::readyz));
     if metrics_here {
-        ops = ops.route("/metrics", get(ops::metrics));
+        ops = ops.route("/metrics", ops::get_only(ops::metrics));
     }
     Router::new()
         .merge(api)

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 
 use super::AppState;
+use super::error::{Code, Error};
 use super::path::Shape;
 
 /// How long `/readyz` waits for the store.
@@ -54,9 +56,31 @@ pub(super) async fn metrics() -> Response {
     resp
 }
 
-/// `/metrics` alone, for its own address (`metrics_listen`).
+/// `/metrics` alone, for its own address (`metrics_listen`). Any other path is a 404, and any
+/// other method a 405, in OCI JSON like every error the process sends.
 pub fn metrics_router() -> Router {
-    Router::new().route("/metrics", get(metrics))
+    Router::new()
+        .route("/metrics", get_only(metrics))
+        .fallback(|| async {
+            Error::not_found(Code::Unsupported, "this address serves only GET /metrics")
+        })
+}
+
+/// A route taking `GET` (and so `HEAD`); any other method gets a 405 in OCI JSON with
+/// `Allow: GET, HEAD`, as on the registry API, instead of an empty body.
+pub(super) fn get_only<H, T, S>(handler: H) -> MethodRouter<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    get(handler).fallback(|method: Method| async move {
+        Error::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unsupported,
+            format!("{method} is not supported here: this path takes GET or HEAD"),
+        )
+    })
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

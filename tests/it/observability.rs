@@ -369,6 +369,34 @@ async fn health_and_readiness_and_metrics_need_no_client_credentials() {
     );
 }
 
+/// A method the operator's endpoints do not take is a 405 in OCI JSON with `Allow`, like the
+/// registry API's, never an empty body; HEAD answers like GET without a body.
+#[tokio::test]
+async fn operator_endpoints_refuse_other_methods_in_oci_json() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let proxy = Proxy::start(&up).await;
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+            let resp = http
+                .request(method.parse().unwrap(), format!("{}{path}", proxy.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(header(&resp, "allow"), Some("GET, HEAD"), "{method} {path}");
+            let message = expect_oci_error(resp, 405, "UNSUPPORTED").await;
+            assert!(message.contains(method), "{method} {path}: {message}");
+        }
+        let head = http
+            .head(format!("{}{path}", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
+    }
+}
+
 #[tokio::test]
 async fn an_s3_store_that_does_not_answer_is_not_ready() {
     // A port with nothing listening on it.
@@ -451,6 +479,32 @@ async fn metrics_listen_serves_metrics_on_its_own_address_only() {
         1.0,
         "the API's /metrics is a 404 there"
     );
+    // The metrics address answers errors in OCI JSON too: another path, another method.
+    let http = reqwest::Client::new();
+    for (method, path, status, allow) in [
+        ("GET", "/v2/", 404, None),
+        ("GET", "/healthz", 404, None),
+        ("POST", "/metrics", 405, Some("GET, HEAD")),
+        ("DELETE", "/metrics", 405, Some("GET, HEAD")),
+    ] {
+        let resp = http
+            .request(
+                method.parse().unwrap(),
+                format!("http://{metrics_addr}{path}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(header(&resp, "allow"), allow, "{method} {path}");
+        assert_eq!(
+            header(&resp, "content-type"),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "UNSUPPORTED", "{body}");
+    }
 }
 
 /// The request lines (`"message":"request"`) of a JSON log, and every JSON line.
