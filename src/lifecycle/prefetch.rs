@@ -5,7 +5,7 @@
 //! path, the blob path with its single-flight fills), so a prefetch racing a pull of the same
 //! image shares its fills, and what it leaves is what a pull leaves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -64,17 +64,25 @@ impl std::str::FromStr for Platforms {
 }
 
 impl Platforms {
-    fn matches(&self, p: Option<&Platform>) -> bool {
+    /// Whether an index child with platform `p` is warmed; each wanted entry it matches is
+    /// noted in `matched`.
+    fn select(&self, p: Option<&Platform>, matched: &mut BTreeSet<String>) -> bool {
         let Platforms::Only(wanted) = self else {
             return true;
         };
         let Some(p) = p else { return false };
-        wanted.iter().any(|w| {
+        let mut any = false;
+        for w in wanted {
             let mut parts = w.split('/');
-            parts.next() == Some(p.os.as_str())
+            if parts.next() == Some(p.os.as_str())
                 && parts.next() == Some(p.architecture.as_str())
                 && parts.next().is_none_or(|v| p.variant.as_deref() == Some(v))
-        })
+            {
+                matched.insert(w.clone());
+                any = true;
+            }
+        }
+        any
     }
 }
 
@@ -141,6 +149,8 @@ struct Links {
 #[derive(Deserialize)]
 struct Descriptor {
     digest: String,
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
     #[serde(default)]
     platform: Option<Platform>,
 }
@@ -153,6 +163,16 @@ struct Platform {
     architecture: String,
     #[serde(default)]
     variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
 }
 
 fn links(m: &ManifestAnswer) -> Links {
@@ -228,7 +248,34 @@ async fn warm(
             }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // A platform asked for that no index offers fails the reference (the others are warmed
+    // all the same), as `docker pull --platform` would; a reference that leads to no index has
+    // no platforms to choose from.
+    if let Platforms::Only(wanted) = platforms
+        && graph.indexes > 0
+    {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|w| !graph.matched.contains(*w))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let offered: Vec<&str> = graph.offered.iter().map(String::as_str).collect();
+            return Err(CacheError::ManifestUnknown(format!(
+                "no manifest for {} in the index (it offers {}); the rest was warmed",
+                missing.join(", "),
+                if offered.is_empty() {
+                    "no platforms".to_owned()
+                } else {
+                    offered.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Most manifests one reference may lead to (its children, nested indexes and referrers): an
@@ -245,6 +292,12 @@ struct Graph {
     seen: std::collections::HashSet<Digest>,
     /// Configs and layers to copy, by digest.
     blobs: BTreeMap<String, Digest>,
+    /// Indexes visited.
+    indexes: usize,
+    /// The wanted platforms some index child matched.
+    matched: BTreeSet<String>,
+    /// The platforms the indexes' children name (`os/arch[/variant]`).
+    offered: BTreeSet<String>,
 }
 
 impl Graph {
@@ -274,12 +327,17 @@ impl Graph {
         counts.bytes += m.bytes.len() as u64;
         let l = links(m);
         if media::is_list(&m.media_type) {
-            for child in l
-                .manifests
-                .iter()
-                .filter(|c| platforms.matches(c.platform.as_ref()))
-            {
-                self.enqueue(digest_of(child)?)?;
+            self.indexes += 1;
+            for child in &l.manifests {
+                // A nested index is followed whatever its descriptor says: its own children
+                // carry the platforms.
+                let nested = child.media_type.as_deref().is_some_and(media::is_list);
+                if let Some(p) = child.platform.as_ref().filter(|p| p.os != "unknown") {
+                    self.offered.insert(p.to_string());
+                }
+                if nested || platforms.select(child.platform.as_ref(), &mut self.matched) {
+                    self.enqueue(digest_of(child)?)?;
+                }
             }
         } else {
             for d in l.config.iter().chain(&l.layers) {

@@ -564,6 +564,71 @@ async fn prefetch_of_one_platform_warms_only_that_platform() {
     }
 }
 
+/// A platform asked for that the index does not offer fails its reference, naming what the
+/// index offers, as `docker pull --platform` would; the platforms that are there are warmed all
+/// the same. An index nested in an index is followed to the platforms it holds.
+#[tokio::test]
+async fn prefetch_of_a_platform_the_index_lacks_fails_naming_what_it_offers() {
+    let up = FakeRegistry::start(FakeOptions::default()).await;
+    let img = push_oci_index(&up, "team/app", "v1", 511);
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": img.index.digest,
+            "size": img.index.size(),
+        }],
+    });
+    push_tagged(
+        &up,
+        "team/app",
+        "nested",
+        "application/vnd.oci.image.index.v1+json",
+        bytes::Bytes::from(serde_json::to_vec(&outer).unwrap()),
+    );
+    let proxy = start_default(Kind::Fs, &up).await;
+
+    let platforms: Platforms = "linux/s390x".parse().unwrap();
+    let report = prefetch(&proxy.cache, &refs(&["team/app:v1"]), &platforms)
+        .await
+        .unwrap();
+    assert!(report.warmed.is_empty(), "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    let (reference, why) = &report.failed[0];
+    assert_eq!(reference, "team/app:v1");
+    assert!(why.contains("no manifest for linux/s390x"), "{why}");
+    assert!(why.contains("linux/amd64, linux/arm64/v8"), "{why}");
+    assert!(
+        !why.contains("unknown"),
+        "an attestation is no platform: {why}"
+    );
+    assert_eq!((report.manifests, report.blobs), (1, 0), "{report:?}");
+
+    // One there, one not: the reference fails, and what is there is warmed.
+    let platforms: Platforms = "linux/amd64,linux/s390x".parse().unwrap();
+    let report = prefetch(&proxy.cache, &refs(&["team/app:v1"]), &platforms)
+        .await
+        .unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].1.contains("linux/s390x"), "{report:?}");
+    assert_eq!((report.manifests, report.blobs), (2, 3), "{report:?}");
+    for d in img.amd64.blob_digests() {
+        assert!(exists(&proxy, &blob_key(&d)).await, "amd64 blob {d}");
+    }
+
+    // Through a nested index, the inner index's children carry the platforms.
+    let platforms: Platforms = "linux/arm64".parse().unwrap();
+    let report = prefetch(&proxy.cache, &refs(&["team/app:nested"]), &platforms)
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert_eq!((report.manifests, report.blobs), (3, 3), "{report:?}");
+    for d in img.arm64.blob_digests() {
+        assert!(exists(&proxy, &blob_key(&d)).await, "arm64 blob {d}");
+    }
+}
+
 #[tokio::test]
 async fn bad_references_and_platforms_change_nothing() {
     for kind in BOTH {
