@@ -285,20 +285,9 @@ async fn lambda_from_env(settings: &Settings) -> Result<lambda::Function, AppErr
     let config = Config::load(settings)?;
     let function_name =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").map_err(|_| AppError::NoFunctionName)?;
-    let s = config.summary();
-    // The server's start-up line without its listen addresses and periodic gc (a Lambda
-    // function's gc runs on the template's schedule).
-    tracing::info!(
-        function = %function_name,
-        store = %s.store,
-        upstreams = %s.upstreams,
-        default_upstream = %s.default_upstream,
-        auth = %s.auth,
-        tag_ttl = %s.tag_ttl,
-        presign_ttl = %s.presign_ttl,
-        admin_api = %s.admin_api,
-        "pullthrough Lambda configuration"
-    );
+    config.summary().log(crate::config::Running::Lambda {
+        function: &function_name,
+    });
     lambda_function(config, function_name).await
 }
 

@@ -244,19 +244,10 @@ async fn run(command: Command) -> Result<ExitCode, AppError> {
         }
         None => format!("{listen} (with the API)"),
     };
-    tracing::info!(
-        %listen,
-        metrics = %metrics_listen,
-        store = %summary.store,
-        upstreams = %summary.upstreams,
-        default_upstream = %summary.default_upstream,
-        auth = %summary.auth,
-        tag_ttl = %summary.tag_ttl,
-        presign_ttl = %summary.presign_ttl,
-        admin_api = %summary.admin_api,
-        gc = %summary.gc,
-        "pullthrough serving"
-    );
+    summary.log(pullthrough::config::Running::Server {
+        listen: &listen.to_string(),
+        metrics: &metrics_listen,
+    });
     eprintln!("pullthrough: serving on http://{listen}");
     let shutdown = shutdown_signal().map_err(AppError::Signals)?;
     pullthrough::serve_with(listener, router, limits, shutdown).await?;

@@ -189,6 +189,57 @@ pub struct Summary {
     pub gc: String,
 }
 
+/// Where a process runs, for its start-up line ([`Summary::log`]).
+pub enum Running<'a> {
+    /// `serve`: the bound API address, and where `/metrics` is served.
+    Server { listen: &'a str, metrics: &'a str },
+    /// A Lambda function, by name (its gc runs on the template's schedule, not here).
+    Lambda { function: &'a str },
+}
+
+impl Summary {
+    /// Writes the start-up line: where the process runs, and with what.
+    pub fn log(&self, running: Running<'_>) {
+        use tracing::field::display;
+        let (listen, metrics, function, gc, message) = match running {
+            Running::Server { listen, metrics } => (
+                Some(listen),
+                Some(metrics),
+                None,
+                Some(self.gc.as_str()),
+                "pullthrough serving",
+            ),
+            Running::Lambda { function } => (
+                None,
+                None,
+                Some(function),
+                None,
+                "pullthrough Lambda configuration",
+            ),
+        };
+        let (listen, metrics, function, gc) = (
+            listen.map(display),
+            metrics.map(display),
+            function.map(display),
+            gc.map(display),
+        );
+        tracing::info!(
+            listen,
+            metrics,
+            function,
+            store = %self.store,
+            upstreams = %self.upstreams,
+            default_upstream = %self.default_upstream,
+            auth = %self.auth,
+            tag_ttl = %self.tag_ttl,
+            presign_ttl = %self.presign_ttl,
+            admin_api = %self.admin_api,
+            gc,
+            "{message}"
+        );
+    }
+}
+
 impl Config {
     /// The start-up line's view of this configuration.
     pub fn summary(&self) -> Summary {

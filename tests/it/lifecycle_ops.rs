@@ -452,6 +452,27 @@ async fn prefetch_of_a_multi_arch_tag_makes_the_following_pull_need_no_upstream_
     }
 }
 
+/// Tags `team/app:nested`: an index whose one child is `img`'s index (as some build tools
+/// publish), its descriptor naming no platform.
+fn push_nested_index(up: &FakeRegistry, img: &MultiArch) {
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": img.index.digest,
+            "size": img.index.size(),
+        }],
+    });
+    push_tagged(
+        up,
+        "team/app",
+        "nested",
+        "application/vnd.oci.image.index.v1+json",
+        bytes::Bytes::from(serde_json::to_vec(&outer).unwrap()),
+    );
+}
+
 /// An index whose child is itself an index (as some build tools publish) is followed to its
 /// images; a pull through the outer tag then needs no upstream request.
 #[tokio::test]
@@ -459,22 +480,7 @@ async fn prefetch_follows_an_index_nested_in_an_index() {
     for kind in BOTH {
         let up = FakeRegistry::start(FakeOptions::default()).await;
         let img = push_oci_index(&up, "team/app", "v1", 509);
-        let outer = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "digest": img.index.digest,
-                "size": img.index.size(),
-            }],
-        });
-        push_tagged(
-            &up,
-            "team/app",
-            "nested",
-            "application/vnd.oci.image.index.v1+json",
-            bytes::Bytes::from(serde_json::to_vec(&outer).unwrap()),
-        );
+        push_nested_index(&up, &img);
         let proxy = start_default(kind, &up).await;
         let report = prefetch(&proxy.cache, &refs(&["team/app:nested"]), &Platforms::All)
             .await
@@ -571,22 +577,7 @@ async fn prefetch_of_one_platform_warms_only_that_platform() {
 async fn prefetch_of_a_platform_the_index_lacks_fails_naming_what_it_offers() {
     let up = FakeRegistry::start(FakeOptions::default()).await;
     let img = push_oci_index(&up, "team/app", "v1", 511);
-    let outer = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": img.index.digest,
-            "size": img.index.size(),
-        }],
-    });
-    push_tagged(
-        &up,
-        "team/app",
-        "nested",
-        "application/vnd.oci.image.index.v1+json",
-        bytes::Bytes::from(serde_json::to_vec(&outer).unwrap()),
-    );
+    push_nested_index(&up, &img);
     let proxy = start_default(Kind::Fs, &up).await;
 
     let platforms: Platforms = "linux/s390x".parse().unwrap();
