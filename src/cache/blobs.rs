@@ -215,8 +215,9 @@ impl Cache {
             })
     }
 
-    /// The blob's size for a HEAD, without copying a miss: a miss is answered from an upstream
-    /// HEAD.
+    /// The blob's size for a HEAD, without copying a miss: a blob being filled for this
+    /// repository is answered with the length its upstream GET announced, another miss from an
+    /// upstream HEAD.
     pub async fn blob_size(&self, target: &Target, digest: &Digest) -> Result<u64, CacheError> {
         if let Some(m) = self.read_marker(target, digest).await? {
             metrics::cache_lookup(LookupKind::Blob, Lookup::Hit);
@@ -225,6 +226,9 @@ impl Cache {
         metrics::cache_lookup(LookupKind::Blob, Lookup::Miss);
         if let Some(size) = self.store.head(&keys::blob(digest)).await? {
             self.confirm_shared(target, digest).await?;
+            return Ok(size);
+        }
+        if let Some(size) = self.filling_len(target, digest) {
             return Ok(size);
         }
         let info = target
@@ -238,6 +242,17 @@ impl Cache {
                 target.alias()
             ))
         })
+    }
+
+    /// The announced length of a streamed fill of this blob for this repository, once its
+    /// upstream GET has answered with one (the upstream has just said it holds the blob).
+    fn filling_len(&self, target: &Target, digest: &Digest) -> Option<u64> {
+        let stages = self.fill_stages.lock().unwrap_or_else(|p| p.into_inner());
+        let stage = stages.get(&target.scoped_digest(digest))?.borrow();
+        match &*stage {
+            FillStage::Spilled(spill) => spill.announced_len(),
+            FillStage::Pending | FillStage::NotStreamed => None,
+        }
     }
 
     /// The bytes are in the store but this repository has no marker for them: either a fill for

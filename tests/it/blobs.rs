@@ -536,6 +536,15 @@ async fn every_request_during_a_fill_streams_from_it() {
         let outside = get(Some(format!("bytes={len}-"))).await;
         assert_eq!(outside.status(), 416, "{kind:?}");
         assert!(!published(&proxy, kind, &d).await, "{kind:?}");
+        // A HEAD during the fill is answered from it, without asking the upstream.
+        let head = proxy.head(&path, None).await;
+        assert_eq!(head.status(), 200, "{kind:?}");
+        assert_eq!(
+            header(&head, "content-length"),
+            Some(len.to_string().as_str())
+        );
+        assert_eq!(header(&head, "docker-content-digest"), Some(d.as_str()));
+        assert_eq!(up.count("HEAD", "/blobs/"), 0, "{kind:?}");
 
         up.release_held();
         assert_eq!(
