@@ -79,17 +79,18 @@ impl Operation {
         }
     }
 
-    fn method(self) -> Method {
+    /// Whether the operation takes `method` (a listing is a `GET`, and so also a `HEAD`).
+    fn takes(self, method: &Method) -> bool {
         match self {
-            Operation::Ls => Method::GET,
-            _ => Method::POST,
+            Operation::Ls => method == Method::GET || method == Method::HEAD,
+            _ => method == Method::POST,
         }
     }
 
     /// The `Allow` header of a 405.
     fn allow(self) -> &'static str {
         match self {
-            Operation::Ls => "GET",
+            Operation::Ls => "GET, HEAD",
             _ => "POST",
         }
     }
@@ -106,16 +107,11 @@ async fn admin(state: AppState, expected: &[u8; 32], req: Request) -> Response {
         )
         .into_response();
     };
-    if req.method() != op.method() {
+    if !op.takes(req.method()) {
         let mut resp = Error::new(
             StatusCode::METHOD_NOT_ALLOWED,
             Code::Unsupported,
-            format!(
-                "{} {} takes {}",
-                req.method(),
-                req.uri().path(),
-                op.method()
-            ),
+            format!("{} {} takes {}", req.method(), req.uri().path(), op.allow()),
         )
         .into_response();
         resp.headers_mut()

@@ -464,12 +464,19 @@ async fn an_oversize_body_is_413_and_a_wrong_method_405() {
         (reqwest::Method::PUT, "/_pullthrough/prefetch", "POST"),
         (reqwest::Method::GET, "/_pullthrough/gc", "POST"),
         (reqwest::Method::DELETE, "/_pullthrough/gc", "POST"),
-        (reqwest::Method::POST, "/_pullthrough/ls", "GET"),
+        (reqwest::Method::POST, "/_pullthrough/ls", "GET, HEAD"),
     ] {
         let resp = a.call(method.clone(), path, Some(&bearer), "{}").await;
         assert_eq!(header(&resp, "allow"), Some(allow), "{method} {path}");
         expect_oci_error(resp, 405, "UNSUPPORTED").await;
     }
+    // A listing is a GET, so a HEAD too: the same status and type, no body.
+    let resp = a
+        .call(reqwest::Method::HEAD, "/_pullthrough/ls", Some(&bearer), "")
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), Some("application/json"));
+    assert!(resp.bytes().await.unwrap().is_empty());
     let resp = a
         .call(
             reqwest::Method::GET,
