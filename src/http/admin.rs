@@ -108,10 +108,9 @@ async fn admin(state: AppState, expected: &[u8; 32], req: Request) -> Response {
         .into_response();
     };
     if !op.takes(req.method()) {
-        let mut resp = Error::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Code::Unsupported,
-            format!("{} {} takes {}", req.method(), req.uri().path(), op.allow()),
+        let mut resp = Error::method_not_allowed(
+            req.method(),
+            &format!("{} takes {}", req.uri().path(), op.allow()),
         )
         .into_response();
         resp.headers_mut()

@@ -78,6 +78,17 @@ impl Error {
     pub fn not_found(code: Code, message: impl Into<String>) -> Error {
         Error::new(StatusCode::NOT_FOUND, code, message)
     }
+
+    /// A `405` (`Allow: GET, HEAD` unless the caller sets another) whose message starts with
+    /// the method, cut to a bounded length: a method is any token a client cares to send.
+    pub fn method_not_allowed(method: &axum::http::Method, why: &str) -> Error {
+        let method = crate::oci::truncate_for_message(method.as_str());
+        Error::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unsupported,
+            format!("{method} {why}"),
+        )
+    }
 }
 
 /// Maps an upstream failure, given what was asked for.

@@ -28,10 +28,9 @@ fn allow_read(method: &Method) -> Result<(), Error> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(Error::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Code::Unsupported,
-            format!("{method} is not supported: this is a read-only pull-through cache"),
+        Err(Error::method_not_allowed(
+            method,
+            "is not supported: this is a read-only pull-through cache",
         ))
     }
 }

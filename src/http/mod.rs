@@ -92,7 +92,7 @@ async fn common_headers(req: Request, next: Next) -> Response {
     let endpoint = ops::route_kind(req.uri().path());
     let log = RequestLog {
         started,
-        method: method.as_str().to_owned(),
+        method: crate::oci::truncate_for_message(method.as_str()),
         path: crate::oci::truncate_for_message(req.uri().path()),
         query: req.uri().query().map(crate::oci::truncate_for_message),
         client: req.extensions().get::<ClientAddr>().map(|a| a.0),

@@ -75,10 +75,9 @@ where
     S: Clone + Send + Sync + 'static,
 {
     get(handler).fallback(|method: Method| async move {
-        Error::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Code::Unsupported,
-            format!("{method} is not supported here: this path takes GET or HEAD"),
+        Error::method_not_allowed(
+            &method,
+            "is not supported here: this path takes GET or HEAD",
         )
     })
 }

@@ -543,8 +543,33 @@ async fn json_logs_have_a_start_up_line_and_one_line_per_request_with_its_fields
             .unwrap();
         assert_manifest(resp, &img.index).await;
     }
+    // A method is any token a client likes: a 10,000-character one is answered and logged cut
+    // to a bounded length, like a path.
+    let long = "X".repeat(10_000);
+    for path in ["/v2/", "/healthz"] {
+        let resp = http
+            .request(
+                reqwest::Method::from_bytes(long.as_bytes()).unwrap(),
+                format!("{}{path}", server.url),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
+        let body = resp.bytes().await.unwrap();
+        assert!(body.len() < 1024, "{path}: a {}-byte answer", body.len());
+    }
     server.kill();
     let lines = json_lines(&log.join().unwrap());
+    let odd: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "request" && l["status"] == 405)
+        .collect();
+    assert_eq!(odd.len(), 2, "{odd:?}");
+    for line in odd {
+        let method = line["method"].as_str().unwrap();
+        assert!(method.len() < 256, "a {}-byte method logged", method.len());
+    }
 
     let start = lines
         .iter()
@@ -562,8 +587,10 @@ async fn json_logs_have_a_start_up_line_and_one_line_per_request_with_its_fields
         "{upstreams}"
     );
 
-    let requests: Vec<&serde_json::Value> =
-        lines.iter().filter(|l| l["message"] == "request").collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "request" && l["method"] == "GET")
+        .collect();
     assert_eq!(requests.len(), 2, "{requests:?}");
     for (line, cache) in requests.iter().zip(["miss", "hit"]) {
         assert_eq!(line["method"], "GET", "{line}");
