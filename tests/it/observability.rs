@@ -53,7 +53,7 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// The figures a pull moves, as `(name, labels)` → value.
 fn figures(s: &Scrape) -> HashMap<&'static str, f64> {
     let local = [("upstream", "local")];
-    HashMap::from([
+    let mut figures = HashMap::from([
         (
             "upstream requests",
             value(s, "pullthrough_upstream_requests_total", &local),
@@ -61,54 +61,6 @@ fn figures(s: &Scrape) -> HashMap<&'static str, f64> {
         (
             "upstream bytes",
             value(s, "pullthrough_upstream_bytes_total", &local),
-        ),
-        (
-            "tag miss",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "tag"), ("result", "miss")],
-            ),
-        ),
-        (
-            "manifest miss",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "manifest"), ("result", "miss")],
-            ),
-        ),
-        (
-            "blob miss",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "blob"), ("result", "miss")],
-            ),
-        ),
-        (
-            "tag hit",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "tag"), ("result", "hit")],
-            ),
-        ),
-        (
-            "manifest hit",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "manifest"), ("result", "hit")],
-            ),
-        ),
-        (
-            "blob hit",
-            value(
-                s,
-                "pullthrough_cache_lookups_total",
-                &[("kind", "blob"), ("result", "hit")],
-            ),
         ),
         (
             "fills ok",
@@ -134,7 +86,19 @@ fn figures(s: &Scrape) -> HashMap<&'static str, f64> {
             "store calls",
             value(s, "pullthrough_store_requests_total", &[]),
         ),
-    ])
+    ]);
+    for (name, kind, result) in [
+        ("tag miss", "tag", "miss"),
+        ("manifest miss", "manifest", "miss"),
+        ("blob miss", "blob", "miss"),
+        ("tag hit", "tag", "hit"),
+        ("manifest hit", "manifest", "hit"),
+        ("blob hit", "blob", "hit"),
+    ] {
+        let labels = [("kind", kind), ("result", result)];
+        figures.insert(name, value(s, "pullthrough_cache_lookups_total", &labels));
+    }
+    figures
 }
 
 fn changes(
